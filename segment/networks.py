@@ -1,0 +1,206 @@
+"""The SynthSeg U-Net as an ONNX graph, built from Keras-layout weights.
+
+Architecture (synthseg-facts.md 3.1-3.5): ``levels`` encoder levels of ``convs_per_level``
+"same"-padded convolutions with bias and ELU, ``features * multiplier**level`` filters, batch
+normalisation (epsilon 1e-3) after each level, 2x2x2 max pooling between levels; decoder steps of
+nearest-neighbour x2 upsampling, concatenation [skip, upsampled] where the skip is kept (the skip is
+the last encoder convolution's output *before* batch normalisation), convolutions, batch
+normalisation; a linear 1x1x1 ``likelihood`` convolution and a softmax over channels.
+
+Weights use the Keras layout and names without the network prefix: ``conv_downarm_{l}_{c}`` and
+``conv_uparm_{L+s}_{c}`` -> (kernel (k, k, k, C_in, C_out), bias), ``bn_down_{l}`` / ``bn_up_{s}``
+-> (gamma, beta, moving_mean, moving_variance), ``likelihood`` -> (kernel, bias).
+Graphs use NCDHW tensors: (batch, channel, RAS axis 0, axis 1, axis 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+BN_EPSILON = 1e-3
+
+Weights = dict[str, tuple[np.ndarray, ...]]
+
+
+@dataclass(frozen=True)
+class UNetSpec:
+    """Hyper-parameters of one U-Net (defaults: the official S1/S2/SynthSeg network)."""
+
+    in_channels: int
+    n_labels: int
+    features: int = 24
+    levels: int = 5
+    convs_per_level: int = 2
+    kernel: int = 3
+    multiplier: int = 2
+    skips_removed: int = 0  # Keras skip_n_concatenations: highest-resolution decoder steps without a skip
+
+    def width(self, level: int) -> int:
+        return self.features * self.multiplier**level
+
+    def keeps_skip(self, step: int) -> bool:
+        return step < self.levels - self.skips_removed - 1
+
+    def layer_shapes(self) -> dict[str, tuple[tuple[int, ...], ...]]:
+        """Expected Keras weight shapes by layer name (without prefix)."""
+        k, shapes, c_in = self.kernel, {}, self.in_channels
+        for lev in range(self.levels):
+            for c in range(self.convs_per_level):
+                shapes[f"conv_downarm_{lev}_{c}"] = ((k, k, k, c_in, self.width(lev)), (self.width(lev),))
+                c_in = self.width(lev)
+            shapes[f"bn_down_{lev}"] = ((c_in,),) * 4
+        for step in range(self.levels - 1):
+            lev = self.levels - 2 - step
+            c_in = c_in + self.width(lev) if self.keeps_skip(step) else c_in
+            for c in range(self.convs_per_level):
+                shapes[f"conv_uparm_{self.levels + step}_{c}"] = ((k, k, k, c_in, self.width(lev)), (self.width(lev),))
+                c_in = self.width(lev)
+            shapes[f"bn_up_{step}"] = ((c_in,),) * 4
+        shapes["likelihood"] = ((1, 1, 1, c_in, self.n_labels), (self.n_labels,))
+        return shapes
+
+    def n_parameters(self) -> int:
+        return sum(int(np.prod(s)) for arrays in self.layer_shapes().values() for s in arrays)
+
+
+OFFICIAL_SPECS = {
+    "s1": UNetSpec(in_channels=1, n_labels=5),
+    "d": UNetSpec(in_channels=5, n_labels=5, features=16, kernel=5, skips_removed=2),
+    "s2": UNetSpec(in_channels=6, n_labels=33),
+    "synthseg": UNetSpec(in_channels=1, n_labels=33),
+    "parc": UNetSpec(in_channels=3, n_labels=69),
+}
+
+
+def random_weights(spec: UNetSpec, rng: np.random.Generator) -> Weights:
+    """Seeded weights of the right shapes (Glorot-uniform kernels, near-identity batch norms)."""
+    weights: Weights = {}
+    for name, shapes in spec.layer_shapes().items():
+        if name.startswith("bn_"):
+            (c,) = shapes[0]
+            weights[name] = (rng.uniform(0.8, 1.2, c), rng.normal(0, 0.1, c), rng.normal(0, 0.1, c),
+                             rng.uniform(0.5, 1.5, c))
+        else:
+            kshape, bshape = shapes
+            fan_in, fan_out = np.prod(kshape[:4]), np.prod(kshape[:3]) * kshape[4]
+            limit = np.sqrt(6.0 / (fan_in + fan_out))
+            weights[name] = (rng.uniform(-limit, limit, kshape), rng.normal(0, 0.1, bshape))
+    return {k: tuple(np.asarray(a, np.float32) for a in v) for k, v in weights.items()}
+
+
+def check_weights(spec: UNetSpec, weights: Weights) -> None:
+    """Raise ValueError naming the first layer whose weights are missing or mis-shaped."""
+    for name, shapes in spec.layer_shapes().items():
+        if name not in weights:
+            raise ValueError(f"layer {name}: missing")
+        got = tuple(tuple(a.shape) for a in weights[name])
+        if got != shapes:
+            raise ValueError(f"layer {name}: weight shapes {got}, expected {shapes}")
+
+
+class GraphBuilder:
+    """Collects nodes and initialisers under a name prefix, so graphs can be composed."""
+
+    def __init__(self, prefix: str = ""):
+        self.prefix = prefix
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+
+    def name(self, base: str) -> str:
+        return f"{self.prefix}{base}"
+
+    def const(self, base: str, array: np.ndarray) -> str:
+        name = self.name(base)
+        self.initializers.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], base: str, **attrs) -> str:
+        out = self.name(base)
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
+        return out
+
+    def conv(self, x: str, base: str, kernel: np.ndarray, bias: np.ndarray, activation: str | None) -> str:
+        """Keras Conv3D (k, k, k, C_in, C_out) with 'same' zero padding; optional activation."""
+        w = self.const(f"{base}/W", np.ascontiguousarray(np.transpose(kernel, (4, 3, 0, 1, 2)), np.float32))
+        b = self.const(f"{base}/B", np.asarray(bias, np.float32))
+        half = kernel.shape[0] // 2
+        y = self.op("Conv", [x, w, b], f"{base}/conv", pads=[half] * 6)
+        if activation == "elu":
+            return self.op("Elu", [y], f"{base}/elu", alpha=1.0)
+        if activation == "relu":
+            return self.op("Relu", [y], f"{base}/relu")
+        return y
+
+    def batch_norm(self, x: str, base: str, gamma, beta, mean, var) -> str:
+        ins = [x] + [self.const(f"{base}/{n}", np.asarray(a, np.float32))
+                     for n, a in zip(("gamma", "beta", "mean", "var"), (gamma, beta, mean, var))]
+        return self.op("BatchNormalization", ins, f"{base}/bn", epsilon=BN_EPSILON)
+
+    def max_pool(self, x: str, base: str) -> str:
+        return self.op("MaxPool", [x], base, kernel_shape=[2, 2, 2], strides=[2, 2, 2])
+
+    def upsample(self, x: str, base: str) -> str:
+        scales = self.const(f"{base}/scales", np.array([1, 1, 2, 2, 2], np.float32))
+        return self.op("Resize", [x, "", scales], base, mode="nearest",
+                       coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+
+
+def add_unet(g: GraphBuilder, x: str, spec: UNetSpec, weights: Weights) -> tuple[str, str]:
+    """Append a U-Net reading tensor ``x``; return (logits, softmax posteriors) tensor names."""
+    check_weights(spec, weights)
+    skips, t = [], x
+    for lev in range(spec.levels):
+        for c in range(spec.convs_per_level):
+            t = g.conv(t, f"conv_downarm_{lev}_{c}", *weights[f"conv_downarm_{lev}_{c}"], activation="elu")
+        skips.append(t)
+        t = g.batch_norm(t, f"bn_down_{lev}", *weights[f"bn_down_{lev}"])
+        if lev < spec.levels - 1:
+            t = g.max_pool(t, f"maxpool_{lev}")
+    for step in range(spec.levels - 1):
+        name = spec.levels + step
+        t = g.upsample(t, f"up_{name}")
+        if spec.keeps_skip(step):
+            t = g.op("Concat", [skips[spec.levels - 2 - step], t], f"merge_{name}", axis=1)
+        for c in range(spec.convs_per_level):
+            t = g.conv(t, f"conv_uparm_{name}_{c}", *weights[f"conv_uparm_{name}_{c}"], activation="elu")
+        t = g.batch_norm(t, f"bn_up_{step}", *weights[f"bn_up_{step}"])
+    logits = g.conv(t, "likelihood", *weights["likelihood"], activation=None)
+    return logits, softmax_channels(g, logits, "prediction")
+
+
+def softmax_channels(g: GraphBuilder, x: str, base: str) -> str:
+    """Softmax over the channel axis, spelled out: ONNX Runtime's Softmax on a non-last axis of a
+    5-D tensor transposes the whole volume and is an order of magnitude slower."""
+    peak = g.op("ReduceMax", [x], f"{base}/max", axes=[1], keepdims=1)
+    e = g.op("Exp", [g.op("Sub", [x, peak], f"{base}/shift")], f"{base}/exp")
+    total = g.op("ReduceSum", [e, g.const(f"{base}/axes", np.array([1], np.int64))], f"{base}/sum", keepdims=1)
+    return g.op("Div", [e, total], f"{base}/div")
+
+
+def make_model(g: GraphBuilder, inputs: dict[str, int], outputs: dict[str, str], doc: str = "") -> onnx.ModelProto:
+    """Wrap a builder's nodes into a model: ``inputs`` name -> channels, ``outputs`` name -> tensor."""
+    dims = ["batch", None, "x", "y", "z"]
+    graph_inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [dims[0], c, *dims[2:]])
+                    for n, c in inputs.items()]
+    nodes = list(g.nodes)
+    graph_outputs = []
+    for out_name, tensor in outputs.items():
+        nodes.append(helper.make_node("Identity", [tensor], [out_name], name=f"{out_name}/identity"))
+        graph_outputs.append(helper.make_tensor_value_info(out_name, TensorProto.FLOAT, None))
+    graph = helper.make_graph(nodes, "morphometry", graph_inputs, graph_outputs, g.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="morphometry", doc_string=doc)
+    model.ir_version = 8
+    return model
+
+
+def unet_model(spec: UNetSpec, weights: Weights, doc: str = "") -> onnx.ModelProto:
+    """A standalone network: input ``input`` (N, C_in, X, Y, Z) -> ``logits`` and ``posteriors``."""
+    g = GraphBuilder()
+    logits, post = add_unet(g, "input", spec, weights)
+    return make_model(g, {"input": spec.in_channels}, {"logits": logits, "posteriors": post}, doc)

@@ -19,6 +19,7 @@ from morphometry.errors import MorphometryError
 # Modules with a ``register(subparsers)`` function, in the order commands appear in --help.
 COMMAND_MODULES = (
     "segment.commands",
+    "segment.synthesis.cli",
     "analysis.ageing_cli",
 )
 

@@ -100,7 +100,7 @@ def _open(path: Path):
         return nib.load(str(path))
     except PermissionError:
         raise InputError(f"{path}: permission denied") from None
-    except (nib.filebasedimages.ImageFileError, EOFError, OSError, zlib.error, ValueError) as exc:
+    except Exception as exc:  # nibabel raises many types for a malformed file
         raise InputError(f"{path}: not a readable NIfTI/MGZ image ({_short(exc)})") from None
 
 
@@ -132,11 +132,21 @@ def _check_geometry(path: Path, img, limits: LoadLimits) -> tuple[tuple[int, ...
     return spatial, warnings
 
 
+def _stored_zooms(path: Path, img) -> tuple[float, ...]:
+    """Voxel sizes as stored in the file. nibabel silently replaces zero or negative NIfTI pixdims by
+    1 or their absolute value when loading, so NIfTI headers are re-read without that fix."""
+    if isinstance(img, nib.Nifti1Image):
+        with nib.openers.ImageOpener(str(path)) as fh:
+            raw = type(img.header)(fh.read(img.header.sizeof_hdr), check=False)
+        return tuple(float(z) for z in raw["pixdim"][1:4])
+    return tuple(float(z) for z in img.header.get_zooms()[:3])
+
+
 def _check_affine(path: Path, img) -> tuple[np.ndarray, tuple[float, float, float]]:
     affine = np.asarray(img.affine, dtype=np.float64)
     if not np.all(np.isfinite(affine)):
         raise InputError(f"{path}: non-finite values in the affine")
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    zooms = _stored_zooms(path, img)
     if not all(np.isfinite(zooms)) or min(zooms) <= 0:
         raise InputError(f"{path}: zero or negative voxel size in the header {zooms}")
     lin = affine[:3, :3]

@@ -235,6 +235,18 @@ class SegmentBatch:
             self.timings[key] += value
 
 
+def remove_partial_writes(out_dir: Path) -> int:
+    """Delete temporary files left by writes that a killed batch did not finish; return how many."""
+    removed = 0
+    for sub in ("seg", "posteriors", "resampled", journal.JOURNAL_DIR, "."):
+        folder = Path(out_dir) / sub
+        if folder.is_dir():
+            for path in [*folder.glob(".*.nii*"), *folder.rglob(".*.tmp")]:
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
 def merge_outputs(out_dir: Path, sources: list[Path] | None = None, metadata: dict | None = None) -> tuple[int, int]:
     """Rebuild ``volumes.parquet``/``.csv`` and ``failures.csv`` of ``out_dir`` from the journals of
     ``sources`` (default: ``out_dir`` itself). Returns (rows, failures)."""

@@ -81,7 +81,8 @@ def run_segment(args: argparse.Namespace) -> int:
     from morphometry.errors import InputError, ModelError
     from morphometry.inputs import discover
     from segment import journal
-    from segment.batch import Outputs, SegmentBatch, Shard, merge_outputs, provenance, write_provenance
+    from segment.batch import (Outputs, SegmentBatch, Shard, merge_outputs, provenance, remove_partial_writes,
+                               write_provenance)
     from segment.bundle import load_bundle, verify_bundle
     from segment.methods import resolve_methods
     from segment.runtime import Engine, RuntimeConfig
@@ -107,6 +108,7 @@ def run_segment(args: argparse.Namespace) -> int:
         raise InputError(f"{out} already holds results of an earlier batch; pass --resume to continue it "
                          "or choose another output folder")
     todo = [r for r in records if r.scan_id not in done]
+    remove_partial_writes(out)
     engine = Engine(bundle, methods, RuntimeConfig(device=args.device, threads=args.threads, fp16=args.fp16),
                     parc=args.parc, qc=args.qc)
     outputs = Outputs(posteriors=args.posteriors, resampled=args.resampled, parc=args.parc, qc=args.qc,

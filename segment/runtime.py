@@ -31,8 +31,17 @@ class RuntimeConfig:
     device_id: int = 0
 
 
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ModelError("ONNX Runtime is not installed: pip install 'morphometry[cpu]' "
+                         "(or 'morphometry[gpu]' on a CUDA machine)") from None
+    return onnxruntime
+
+
 def choose_device(config: RuntimeConfig) -> str:
-    import onnxruntime as ort
+    ort = _onnxruntime()
 
     has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     if config.device == "cuda" and not has_cuda:
@@ -59,7 +68,7 @@ class Engine:
 
     def __init__(self, bundle: Bundle, methods: list[Method], config: RuntimeConfig = RuntimeConfig(),
                  parc: bool = False, qc: bool = False):
-        import onnxruntime as ort
+        ort = _onnxruntime()
 
         self.bundle, self.methods, self.config = bundle, methods, config
         for method in methods:

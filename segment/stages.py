@@ -48,13 +48,18 @@ def one_hot_argmax(g: GraphBuilder, x: str, n: int, base: str) -> str:
 
 
 def smooth(g: GraphBuilder, x: str, channels: int, sigma: float, base: str) -> str:
-    """Separable-Gaussian smoothing of every channel, zero padding, as one depthwise convolution."""
-    w1 = gaussian_kernel_1d(sigma)
-    k = np.einsum("i,j,k->ijk", w1, w1, w1)
-    k = (k / k.sum()).astype(np.float32)
-    w = g.const(f"{base}/kernel", np.broadcast_to(k, (channels, 1, *k.shape)).copy())
-    half = k.shape[0] // 2
-    return g.op("Conv", [x, w], f"{base}/conv", group=channels, pads=[half] * 6)
+    """Gaussian smoothing of every channel with zero padding, as three 1-D depthwise convolutions
+    (the 3-D kernel is the outer product of the normalised 1-D kernel, so this is exact)."""
+    w1 = gaussian_kernel_1d(sigma).astype(np.float32)
+    half = len(w1) // 2
+    for axis in range(3):
+        shape = [1, 1, 1]
+        shape[axis] = len(w1)
+        w = g.const(f"{base}/kernel{axis}", np.broadcast_to(w1.reshape(shape), (channels, 1, *shape)).copy())
+        pads = [0, 0, 0] * 2
+        pads[axis] = pads[axis + 3] = half
+        x = g.op("Conv", [x, w], f"{base}/conv{axis}", group=channels, pads=pads)
+    return x
 
 
 def flip_axis0(g: GraphBuilder, x: str, base: str) -> str:
@@ -89,15 +94,17 @@ def s2_stage(s2: onnx.ModelProto) -> onnx.ModelProto:
 
 def synthseg_stage(net: onnx.ModelProto, flip: np.ndarray | None) -> onnx.ModelProto:
     """image -> network -> smoothing (sigma 0.5); with ``flip`` (channel permutation) the left-right
-    test-time flip: the flipped image runs through the same network and smoothing in the same batch,
-    is flipped back, its channels permuted, and averaged with weight 0.5."""
+    test-time flip: the flipped image runs through the same network in the same batch, is flipped
+    back, its channels permuted, and averaged with weight 0.5. The original smooths each branch
+    before averaging; smoothing (a symmetric kernel, the same for every channel, zero padding)
+    commutes with the flip and the permutation, so smoothing the average once is the same."""
     g = GraphBuilder("synthseg_stage/")
     n = len(SYNTHSEG_2.labels)
     if flip is None:
         post = smooth(g, embed(g, net, "image", "net/"), n, SMOOTHING_SIGMA, "smooth")
         return make_model(g, {"image": 1}, {"posteriors": post})
     both = g.op("Concat", ["image", flip_axis0(g, "image", "flip_in")], "batch", axis=0)
-    post = smooth(g, embed(g, net, both, "net/"), n, SMOOTHING_SIGMA, "smooth")
+    post = embed(g, net, both, "net/")
     split = g.const("split_sizes", np.array([1, 1], np.int64))
     direct, flipped = g.name("direct"), g.name("flipped")
     g.nodes.append(helper.make_node("Split", [post, split], [direct, flipped], name=g.name("split"), axis=0))
@@ -105,7 +112,7 @@ def synthseg_stage(net: onnx.ModelProto, flip: np.ndarray | None) -> onnx.ModelP
     perm = g.op("Gather", [back, g.const("flip_channels", flip.astype(np.int64))], "permute", axis=1)
     total = g.op("Add", [direct, perm], "sum")
     avg = g.op("Mul", [total, g.const("half", np.array(0.5, np.float32))], "average_lr")
-    return make_model(g, {"image": 1}, {"posteriors": avg})
+    return make_model(g, {"image": 1}, {"posteriors": smooth(g, avg, n, SMOOTHING_SIGMA, "smooth")})
 
 
 def relabel_stage(d_all: onnx.ModelProto) -> onnx.ModelProto:

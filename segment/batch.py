@@ -32,8 +32,7 @@ from morphometry.volumes import parcel_volumes, qc_scores, soft_volumes
 from segment import journal
 from segment.bundle import Bundle
 from segment.methods import Method
-from segment.parcellation import parcellate
-from segment.postprocess import PostprocessConfig, postprocess, to_native
+from segment.postprocess import PostprocessConfig, postprocess, postprocess_parcellation, to_native
 from segment.preprocess import PreprocessConfig, Preprocessed, preprocess
 from segment.runtime import Engine
 
@@ -112,7 +111,7 @@ class SegmentBatch:
                  outputs: Outputs = Outputs(), workers: int = 2, limits: LoadLimits = LoadLimits()):
         self.bundle, self.methods, self.engine = bundle, methods, engine
         self.out_dir, self.outputs, self.workers, self.limits = Path(out_dir), outputs, max(1, workers), limits
-        self.pre_config = PreprocessConfig(resolution_mm=bundle.resolution_mm)
+        self.pre_config = PreprocessConfig(resolution_mm=bundle.resolution_mm, min_size=bundle.min_size)
         self.timings: dict[str, float] = defaultdict(float)
 
     # -- per-method work (runs in a writer thread) --------------------------------------------
@@ -127,7 +126,9 @@ class SegmentBatch:
         row.update(soft_volumes(seg.posteriors, SYNTHSEG_2, pre.voxel_volume_mm3))
         labels = seg.labels
         if parc is not None:
-            labels, sums = parcellate(parc, pre.inner, seg.labels)
+            parcellated = postprocess_parcellation(parc, seg, pre.inner)
+            labels = parcellated.labels
+            sums = parcellated.posteriors[1:].reshape(len(parcellated.posteriors) - 1, -1).sum(1, dtype=np.float64)
             cortex = row["left_cerebral_cortex"] + row["right_cerebral_cortex"]
             row.update(parcel_volumes(sums, cortex))
         if qc is not None:

@@ -61,6 +61,7 @@ class Bundle:
     provenance: dict
     licence: str
     description: str = ""
+    min_size: int = 128  # voxels per axis the padded network input has at least (official: 128)
 
     def path(self, role: str) -> Path:
         return self.root / self.networks[role].file
@@ -82,7 +83,8 @@ def file_sha256(path: Path) -> str:
 
 
 def write_bundle(root: Path, model_id: str, models: dict[str, tuple[onnx.ModelProto, list[int], dict]],
-                 provenance: dict, resolution_mm: float = 1.0, licence: str = "", description: str = "") -> Bundle:
+                 provenance: dict, resolution_mm: float = 1.0, licence: str = "", description: str = "",
+                 min_size: int = 128) -> Bundle:
     """Write ONNX files and ``bundle.json``; ``models`` maps role -> (model, labels, architecture)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -98,6 +100,7 @@ def write_bundle(root: Path, model_id: str, models: dict[str, tuple[onnx.ModelPr
         "model_id": model_id,
         "description": description,
         "resolution_mm": resolution_mm,
+        "min_size": min_size,
         "normalisation": {"kind": "percentile", "low": 0.5, "high": 99.5},
         "licence": licence,
         "provenance": provenance,
@@ -119,7 +122,8 @@ def load_bundle(root: str | Path) -> Bundle:
             raise ModelError(f"{meta}: unsupported bundle format {doc.get('format')!r} (expected {FORMAT})")
         networks = {role: Network(**net) for role, net in doc["networks"].items()}
         bundle = Bundle(root, doc["model_id"], float(doc["resolution_mm"]), networks, doc["normalisation"],
-                        doc.get("provenance", {}), doc.get("licence", ""), doc.get("description", ""))
+                        doc.get("provenance", {}), doc.get("licence", ""), doc.get("description", ""),
+                        int(doc.get("min_size", 128)))
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"{meta}: malformed bundle.json ({type(exc).__name__}: {exc})") from None
     unknown = set(bundle.networks) - set(ROLES)

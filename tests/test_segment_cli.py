@@ -166,3 +166,26 @@ def test_bad_shard_argument(tiny_bundle, scan_folder, tmp_path, capsys):
     assert main(["segment", str(scan_folder), "-o", str(tmp_path / "x"), "--models", str(tiny_bundle.root),
                  "--shard", "3/2"]) == 2
     assert "--shard 3/2" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_parcellation_and_qc_columns(tmp_path):
+    from morphometry.labels import PARCELLATION_LABELS, QC_GROUPS
+    from segment.random_bundle import random_bundle
+
+    bundle = random_bundle(tmp_path / "b", features=2, roles=("s1", "d", "s2", "parc", "qc"))
+    rng = np.random.default_rng(5)
+    save(tmp_path / "one.nii.gz", head_phantom((32, 36, 30), rng), np.diag([1.0, 1.0, 1.0, 1.0]))
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "one.nii.gz"), "-o", str(out), "--models", str(bundle.root),
+                 "--parc", "--qc"]) == 0
+    row = pd.read_parquet(out / "volumes.parquet").iloc[0]
+    scores = [row[f"qc_{g}"] for g in QC_GROUPS[1:]]
+    assert all(0 <= s <= 1 for s in scores)
+    parcels = np.array([row[p.name] for p in PARCELLATION_LABELS])
+    cortex = row.left_cerebral_cortex + row.right_cerebral_cortex
+    assert parcels.sum() == pytest.approx(cortex, abs=0.1)  # rescaled to the cortex volume
+    seg = np.asarray(nib.load(str(out / "seg" / "one_synthseg+.nii.gz")).dataobj)
+    assert not np.isin(seg, [3, 42]).any()  # cortex voxels carry parcel labels
+    assert main(["segment", str(tmp_path / "one.nii.gz"), "-o", str(tmp_path / "o2"), "--models",
+                 str(random_bundle(tmp_path / "b2", features=2, roles=("s1", "d", "s2")).root), "--qc"]) == 2

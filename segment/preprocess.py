@@ -1,0 +1,282 @@
+"""Preprocessing of a scan for the segmentation networks (synthseg-facts.md 2.3-2.6).
+
+Order, as in the original: resample to the working resolution (in the native voxel order, only
+when a header voxel size is off by more than the tolerance) -> align to RAS by permutation/flips
+-> (CT clip) -> clip to the 0.5th/99.5th percentiles of all voxels and rescale to [0, 1] -> zero
+pad every axis to max(ceil32(size), 128), floor(d/2) voxels before and ceil(d/2) after.
+
+Resampling (2.3): per native axis, factor f = |affine column| / resolution (f < 1: finer than the
+working resolution); Gaussian anti-aliasing with sigma = 0.25/f voxels on every axis with f <= 1
+(also an axis already at the working resolution), none on upsampled axes; new samples at old
+voxel coordinates -(f-1)/(2f) + k/f, k < ceil(n f), clamped to [0, n-1]; trilinear
+interpolation, done as three exact 1-D linear interpolations; new affine columns A/f and
+translation t - A' (f-1)/2 (voxel corners of both grids coincide at the start of each axis).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from morphometry.errors import InputError
+from morphometry.io import Scan
+from morphometry.orientation import RasAlignment, ras_alignment
+
+_TRUNCATE = 4.0  # Gaussian kernel radius = int(truncate * sigma + 0.5) voxels, as scipy
+_COUNT_ROUNDING = 1e-4  # n*f within this of an integer counts as that integer (affine float noise)
+_SAMPLE = 65536  # subsample size used to bracket percentiles
+_GOLDEN = 0.6180339887498949
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Settings of :func:`preprocess` (defaults: SynthSeg 2.0 / SynthSeg+)."""
+
+    resolution_mm: float = 1.0  # working resolution of the networks, mm (isotropic)
+    resample_tolerance_mm: float = 0.05  # resample if any header voxel size differs by more, mm
+    size_multiple: int = 32  # 2**levels of the U-Nets
+    min_size: int = 128  # minimum padded size per axis, voxels
+    percentiles: tuple[float, float] = (0.5, 99.5)  # robust min/max over all voxels, percent
+    ct_window: tuple[float, float] | None = None  # (0, 80) Hounsfield units for CT
+    max_grid_voxels: int = 400**3  # refuse larger working grids (33 float32 posteriors: 8.4 GB)
+
+    def __post_init__(self) -> None:
+        if not self.resolution_mm > 0:
+            raise ValueError(f"resolution_mm must be > 0, got {self.resolution_mm}")
+        if self.size_multiple < 1 or self.min_size < 1:
+            raise ValueError("size_multiple and min_size must be >= 1")
+        lo, hi = self.percentiles
+        if not 0 <= lo < hi <= 100:
+            raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
+        if self.ct_window is not None and not self.ct_window[0] < self.ct_window[1]:
+            raise ValueError(f"ct_window must be (low, high) with low < high, got {self.ct_window}")
+
+
+@dataclass
+class Preprocessed:
+    """A scan ready for the networks, and what is needed to map results back.
+
+    ``image`` is RAS-aligned, normalised to [0, 1] and zero padded; ``image[inner]`` is the aligned
+    volume. ``grid_image`` is the unnormalised image in native voxel order on the output grid
+    (``grid_affine``, ``grid_shape``): the resampled image when ``resampled`` (the ``--resampled``
+    output), else the input voxels.
+    """
+
+    image: np.ndarray
+    inner: tuple[slice, slice, slice]
+    alignment: RasAlignment
+    grid_affine: np.ndarray
+    grid_shape: tuple[int, int, int]
+    voxel_volume_mm3: float
+    resampled: bool
+    grid_image: np.ndarray
+    intensity_range: tuple[float, float]  # robust min and max mapped to 0 and 1 (after CT clip)
+
+    @property
+    def aligned_shape(self) -> tuple[int, int, int]:
+        return tuple(self.grid_shape[p] for p in self.alignment.perm)  # type: ignore[return-value]
+
+    @property
+    def aligned_affine(self) -> np.ndarray:
+        """Affine of ``image[inner]`` (RAS-aligned voxel indices -> world mm)."""
+        return self.alignment.aligned_affine(self.grid_affine, self.grid_shape)
+
+
+def preprocess(scan: Scan, config: PreprocessConfig = PreprocessConfig()) -> Preprocessed:
+    """Resample, align, normalise and pad ``scan`` for the networks (module docstring)."""
+    data, affine, resampled = scan.data, scan.affine, needs_resampling(scan.info.zooms, config)
+    factors = resampling_factors(affine, config.resolution_mm)
+    shape = tuple(_sample_count(n, f) for n, f in zip(data.shape, factors)) if resampled else data.shape
+    if math.prod(shape) > config.max_grid_voxels:
+        raise InputError(f"{scan.path}: the working grid at {config.resolution_mm:g} mm would have {tuple(shape)} "
+                         f"voxels (> limit {config.max_grid_voxels:,}); check the header voxel sizes")
+    if resampled:
+        data = resample(data, factors)
+        affine = resampled_affine(affine, factors)
+        voxel_volume = config.resolution_mm**3
+    else:
+        voxel_volume = float(np.prod(scan.info.zooms))
+    # The alignment is that of the output grid (the original aligns after resampling); it equals
+    # scan.info.alignment except, possibly, for oblique scans with anisotropic voxels.
+    alignment = ras_alignment(affine)
+    source = data if config.ct_window is None else np.clip(data, *config.ct_window, dtype=np.float32)
+    lo, hi = robust_range(source, config.percentiles)
+    if not hi > lo:
+        raise InputError(f"{scan.path}: intensities between the {config.percentiles[0]:g}th and "
+                         f"{config.percentiles[1]:g}th percentiles are constant ({lo:g}); nothing to segment")
+    aligned = alignment.apply(source)
+    padded, inner = _padded_shape(aligned.shape, config)
+    image = np.zeros(padded, dtype=np.float32)
+    normalise_into(aligned, lo, hi, image[inner])
+    return Preprocessed(
+        image=image, inner=inner, alignment=alignment, grid_affine=affine,
+        grid_shape=tuple(int(s) for s in data.shape),  # type: ignore[arg-type]
+        voxel_volume_mm3=float(voxel_volume), resampled=resampled, grid_image=data, intensity_range=(lo, hi),
+    )
+
+
+def needs_resampling(zooms: tuple[float, ...], config: PreprocessConfig) -> bool:
+    """True if any header voxel size differs from the working resolution by more than the tolerance."""
+    return any(abs(z - config.resolution_mm) > config.resample_tolerance_mm for z in zooms[:3])
+
+
+def resampling_factors(affine: np.ndarray, resolution_mm: float) -> tuple[float, float, float]:
+    """f per native axis = voxel size from the affine column norm / working resolution."""
+    norms = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+    return tuple(float(n / resolution_mm) for n in norms)  # type: ignore[return-value]
+
+
+def _sample_count(n: int, f: float) -> int:
+    return max(1, math.ceil(n * f - _COUNT_ROUNDING))
+
+
+def sample_positions(n: int, f: float) -> np.ndarray:
+    """New sample positions along an axis of n voxels, in old voxel coordinates (clamped)."""
+    positions = -(f - 1.0) / (2.0 * f) + np.arange(_sample_count(n, f), dtype=np.float64) / f
+    return np.clip(positions, 0.0, n - 1.0)
+
+
+def resampled_affine(affine: np.ndarray, factors: tuple[float, float, float]) -> np.ndarray:
+    """Affine of the resampled grid: columns divided by f, translation t - A' (f - 1) / 2."""
+    f = np.asarray(factors, dtype=np.float64)
+    out = np.array(affine, dtype=np.float64, copy=True)
+    out[:3, :3] = out[:3, :3] / f
+    out[:3, 3] = out[:3, 3] - out[:3, :3] @ (0.5 * (f - 1.0))
+    return out
+
+
+def resample(data: np.ndarray, factors: tuple[float, float, float]) -> np.ndarray:
+    """Anti-alias and trilinearly resample ``data`` (native order) by ``factors`` (float32).
+
+    Axis by axis, most shrinking first: blur (sigma 0.25/f if f <= 1) then 1-D linear
+    interpolation. Both are separable, so the result equals blurring all axes and then
+    interpolating trilinearly; working on the shrinking axes first keeps the arrays small.
+    """
+    out = np.asarray(data, dtype=np.float32)
+    for axis in sorted(range(3), key=lambda a: factors[a]):
+        f = factors[axis]
+        if f <= 1.0:
+            out = gaussian_blur_axis(out, 0.25 / f, axis)
+        out = interpolate_axis(out, sample_positions(out.shape[axis], f), axis)
+    return np.ascontiguousarray(out)
+
+
+def gaussian_kernel(sigma: float) -> np.ndarray:
+    """Normalised 1-D Gaussian weights of radius int(4 sigma + 0.5) (scipy's gaussian_filter1d)."""
+    radius = int(_TRUNCATE * sigma + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    w = np.exp(-0.5 * (x / sigma) ** 2)
+    return w / w.sum()
+
+
+def gaussian_blur_axis(data: np.ndarray, sigma: float, axis: int) -> np.ndarray:
+    """Gaussian blur along one axis, ``reflect`` boundary (d c b a | a b c d), float32."""
+    weights = gaussian_kernel(sigma).astype(np.float32)
+    radius = len(weights) // 2
+    moved = np.moveaxis(data, axis, 0)
+    out = np.multiply(moved, weights[radius])
+    for k in range(1, radius + 1):
+        _add_shifted(out, moved, -k, weights[radius - k])
+        _add_shifted(out, moved, k, weights[radius + k])
+    return np.moveaxis(out, 0, axis)
+
+
+def _add_shifted(out: np.ndarray, src: np.ndarray, shift: int, weight: np.float32) -> None:
+    """out[i] += weight * src[reflect(i + shift)] along axis 0."""
+    n = src.shape[0]
+    target = np.arange(n) + shift
+    bulk = slice(max(0, -shift), min(n, n - shift))  # i with 0 <= i + shift < n
+    if bulk.start < bulk.stop:
+        out[bulk] += weight * src[bulk.start + shift:bulk.stop + shift]
+    edges = np.flatnonzero((target < 0) | (target >= n))
+    if edges.size:
+        reflected = target[edges] % (2 * n)  # repeated reflection for kernels longer than the axis
+        reflected = np.where(reflected >= n, 2 * n - 1 - reflected, reflected)
+        out[edges] += weight * src[reflected]
+
+
+def interpolate_axis(data: np.ndarray, positions: np.ndarray, axis: int) -> np.ndarray:
+    """Linear interpolation of ``data`` at fractional (in-range) ``positions`` along ``axis``."""
+    n = data.shape[axis]
+    lower = np.minimum(np.floor(positions).astype(np.intp), max(n - 2, 0))
+    upper = np.minimum(lower + 1, n - 1)
+    weight = (positions - lower).astype(np.float32)
+    shape = [1] * data.ndim
+    shape[axis] = len(positions)
+    weight = weight.reshape(shape)
+    out = np.take(data, lower, axis=axis)
+    step = np.take(data, upper, axis=axis)
+    step -= out
+    step *= weight
+    out += step
+    return out
+
+
+def robust_range(data: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
+    """The two percentiles over all voxels, zeros included (numpy ``percentile``, linear method)."""
+    values = np.ascontiguousarray(data).ravel()
+    return tuple(percentile(values, q) for q in percentiles)  # type: ignore[return-value]
+
+
+def percentile(values: np.ndarray, q: float) -> float:
+    """Exact linear-interpolation percentile of a 1-D array, faster than a full partition.
+
+    The two order statistics needed are first bracketed with a subsample, then selected
+    among the values inside the bracket only; if a bracket misses its rank (never for an honest
+    subsample, but possible for adversarial data) the whole array is partitioned.
+    """
+    n = values.size
+    h = (n - 1) * q / 100.0
+    k = int(math.floor(h))
+    t = h - k
+    a, b = _order_statistics(values, k, min(k + 1, n - 1))
+    # numpy's lerp: a + (b - a) t for t < 0.5, b - (b - a)(1 - t) otherwise.
+    return float(a + (b - a) * t) if t < 0.5 else float(b - (b - a) * (1.0 - t))
+
+
+def _order_statistics(values: np.ndarray, k1: int, k2: int) -> tuple[float, float]:
+    """The k1-th and k2-th smallest values (0-based, k1 <= k2)."""
+    n = values.size
+    # A Weyl sequence (golden-ratio steps modulo n) spreads the sample over the whole volume;
+    # a plain stride would alias with the image rows.
+    step = int(n * _GOLDEN) | 1
+    sample = np.sort(values[np.arange(min(n, _SAMPLE), dtype=np.int64) * step % n])
+    m = sample.size
+    margin = 8 * int(math.sqrt(m)) + 16
+    r1, r2 = k1 * m // n, k2 * m // n
+    low = sample[max(0, r1 - margin)]
+    high = sample[min(m - 1, r2 + margin)]
+    below = int(np.count_nonzero(values < low))
+    if below <= k1:
+        base = below + int(np.count_nonzero(values == low))  # rank of the first value above `low`
+        if k2 < base:
+            return float(low), float(low)
+        above = values[(values > low) & (values <= high)]
+        if k2 < base + above.size:
+            wanted = [k - base for k in (k1, k2) if k >= base]
+            picked = np.partition(above, wanted)
+            first = float(low) if k1 < base else float(picked[k1 - base])
+            return first, float(picked[k2 - base])
+    picked = np.partition(values, [k1, k2])
+    return float(picked[k1]), float(picked[k2])
+
+
+def normalise_into(aligned: np.ndarray, lo: float, hi: float, out: np.ndarray) -> None:
+    """out = (clip(aligned, lo, hi) - lo) / (hi - lo), written in place (float32)."""
+    np.clip(aligned, lo, hi, out=out)
+    out -= np.float32(lo)
+    out /= np.float32(hi - lo)
+
+
+def padded_size(n: int, config: PreprocessConfig) -> int:
+    """max(ceil_m(n), ceil_m(min_size)) with m = size_multiple."""
+    m = config.size_multiple
+    return max(-(-n // m) * m, -(-config.min_size // m) * m)
+
+
+def _padded_shape(shape: tuple[int, ...], config: PreprocessConfig) -> tuple[tuple[int, ...], tuple[slice, ...]]:
+    padded = tuple(padded_size(n, config) for n in shape)
+    inner = tuple(slice((p - n) // 2, (p - n) // 2 + n) for p, n in zip(padded, shape))
+    return padded, inner  # type: ignore[return-value]

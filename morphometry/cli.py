@@ -20,7 +20,10 @@ from morphometry.errors import MorphometryError
 COMMAND_MODULES = (
     "segment.commands",
     "segment.synthesis.cli",
+    "segment.training.cli",
     "analysis.ageing_cli",
+    "analysis.evaluation_cli",
+    "reports.commands",
 )
 
 

@@ -73,6 +73,9 @@ def register(sub) -> None:
     verify = msub.add_parser("verify", help="check files, hashes, shapes and label lists of a bundle")
     verify.add_argument("bundle", type=Path)
     verify.set_defaults(func=run_models_verify)
+    from segment import keras_import_cli
+
+    keras_import_cli.register(msub)
 
 
 def run_segment(args: argparse.Namespace) -> int:

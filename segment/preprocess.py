@@ -74,6 +74,10 @@ class Preprocessed:
     grid_image: np.ndarray
     intensity_range: tuple[float, float]  # robust min and max mapped to 0 and 1 (after CT clip)
 
+    def resampled_image(self) -> np.ndarray:
+        """``grid_image``: what ``--resampled`` writes (with ``grid_affine``) when ``resampled``."""
+        return self.grid_image
+
     @property
     def aligned_shape(self) -> tuple[int, int, int]:
         return tuple(self.grid_shape[p] for p in self.alignment.perm)  # type: ignore[return-value]

@@ -99,6 +99,7 @@ def test_linear_world_function_is_reproduced_on_the_new_grid():
     inside = np.ix_(*interior)
     assert min(len(i) for i in inside) > 0
     np.testing.assert_allclose(pre.grid_image[inside], expected[inside], atol=1e-4)
+    assert pre.resampled_image() is pre.grid_image
     assert pre.voxel_volume_mm3 == 1.0
 
 

@@ -1,0 +1,289 @@
+"""Silver standards: propagate a session's reference labels to its other scans by rigid registration.
+
+For each scan of a session, the session's reference image (e.g. a 1 mm T1 with a FreeSurfer or
+manual segmentation) is registered rigidly to the scan with SimpleITK: Mattes mutual information,
+multi-resolution (shrink factors and Gaussian smoothing in mm), centred initialisation, regular-step
+gradient descent on a 3-D Euler transform. The labels are then resampled onto the scan's grid
+with nearest neighbour. Images are read with nibabel and handed to SimpleITK in its LPS world
+space; the transform maps scan (fixed) points to reference (moving) points.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from morphometry.errors import DataError, InputError
+
+INITIALISATIONS = ("moments", "geometry", "world")
+_LPS = np.diag([-1.0, -1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class RegistrationConfig:
+    """Settings of the rigid registration.
+
+    ``init``: ``moments`` (align centres of mass), ``geometry`` (align image centres) or ``world``
+    (keep the scanner coordinates; rotate about the scan's centre).
+    """
+
+    init: str = "moments"
+    histogram_bins: int = 50
+    sampling_fraction: float = 0.25  # of the fixed image's voxels, drawn at random per level
+    shrink_factors: tuple[int, ...] = (4, 2, 1)
+    smoothing_sigmas_mm: tuple[float, ...] = (4.0, 2.0, 1.0)
+    learning_rate: float = 2.0  # first step of each level (optimiser units: mm of physical shift)
+    min_step: float = 1e-4  # stop a level when the step falls below this
+    iterations: int = 300  # at most, per level
+    threads: int = 0  # SimpleITK threads; 0 leaves its default
+
+    def __post_init__(self):
+        if self.init not in INITIALISATIONS:
+            raise InputError(f"--init must be one of {', '.join(INITIALISATIONS)}, not {self.init!r}")
+        if len(self.shrink_factors) != len(self.smoothing_sigmas_mm):
+            raise InputError("shrink factors and smoothing sigmas need one value per level")
+        if not 0.0 < self.sampling_fraction <= 1.0:
+            raise InputError(f"sampling fraction must lie in (0, 1] (got {self.sampling_fraction})")
+
+
+def to_sitk(data: np.ndarray, affine: np.ndarray, pixel_type=None):
+    """A SimpleITK image of a voxel array in nibabel order with its RAS affine."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(data, (2, 1, 0))))
+    if pixel_type is not None:
+        image = sitk.Cast(image, pixel_type)
+    linear = np.asarray(affine, dtype=np.float64)[:3, :3]
+    spacing = np.linalg.norm(linear, axis=0)
+    image.SetSpacing(tuple(float(s) for s in spacing))
+    image.SetDirection(tuple(float(v) for v in (_LPS @ linear / spacing).ravel()))
+    image.SetOrigin(tuple(float(v) for v in _LPS @ np.asarray(affine, dtype=np.float64)[:3, 3]))
+    return image
+
+
+def from_sitk(image) -> np.ndarray:
+    """Voxel array of a SimpleITK image in nibabel order."""
+    import SimpleITK as sitk
+
+    return np.transpose(sitk.GetArrayFromImage(image), (2, 1, 0))
+
+
+@dataclass(frozen=True)
+class Registration:
+    """Result of one rigid registration: scan world -> reference world."""
+
+    transform: object  # SimpleITK Euler3DTransform in LPS mm
+    final_metric: float
+    iterations: int
+    stop_condition: str
+    seed: int
+
+    def matrix_ras(self) -> np.ndarray:
+        """4x4 matrix mapping scan RAS world points (mm) to reference RAS world points (mm)."""
+        rotation = np.asarray(self.transform.GetMatrix()).reshape(3, 3)
+        centre = np.asarray(self.transform.GetCenter())
+        translation = np.asarray(self.transform.GetTranslation())
+        lps = np.eye(4)
+        lps[:3, :3] = rotation
+        lps[:3, 3] = translation + centre - rotation @ centre
+        flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+        return flip @ lps @ flip
+
+    def rotation_deg(self) -> float:
+        """Total rotation angle, degrees."""
+        rotation = self.matrix_ras()[:3, :3]
+        return float(np.degrees(np.arccos(np.clip((np.trace(rotation) - 1.0) / 2.0, -1.0, 1.0))))
+
+    def report(self) -> dict:
+        """Parameters for the registration table (Euler angles in degrees about the LPS axes,
+        translation in LPS mm about ``centre``, and the RAS matrix row by row)."""
+        angles = np.degrees(self.transform.GetParameters()[:3])
+        translation = self.transform.GetParameters()[3:]
+        centre = self.transform.GetCenter()
+        row = {f"angle_{a}_deg": float(v) for a, v in zip("xyz", angles)}
+        row.update({f"translation_{a}_mm": float(v) for a, v in zip("xyz", translation)})
+        row.update({f"centre_{a}_mm": float(v) for a, v in zip("xyz", centre)})
+        row.update({"rotation_deg": self.rotation_deg(), "final_metric": self.final_metric,
+                    "iterations": self.iterations, "stop_condition": self.stop_condition, "seed": self.seed,
+                    "matrix_ras": " ".join(f"{v:.6g}" for v in self.matrix_ras()[:3].ravel())})
+        return row
+
+
+def _initial_transform(fixed, moving, init: str):
+    import SimpleITK as sitk
+
+    if init == "world":
+        size = np.asarray(fixed.GetSize(), dtype=np.float64)
+        centre = fixed.TransformContinuousIndexToPhysicalPoint(tuple((size - 1.0) / 2.0))
+        transform = sitk.Euler3DTransform()
+        transform.SetCenter(centre)
+        return transform
+    mode = (sitk.CenteredTransformInitializerFilter.MOMENTS if init == "moments"
+            else sitk.CenteredTransformInitializerFilter.GEOMETRY)
+    return sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(), mode)
+
+
+def register_rigid(fixed_data: np.ndarray, fixed_affine: np.ndarray, moving_data: np.ndarray,
+                   moving_affine: np.ndarray, config: RegistrationConfig, rng: np.random.Generator
+                   ) -> Registration:
+    """Rigid registration of a moving image (the session reference) to a fixed image (a scan).
+
+    The random metric samples are drawn with a seed taken from ``rng`` (recorded in the result).
+    """
+    import SimpleITK as sitk
+
+    if config.threads:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(config.threads)
+    fixed = to_sitk(_unit_range(fixed_data), fixed_affine, sitk.sitkFloat32)
+    moving = to_sitk(_unit_range(moving_data), moving_affine, sitk.sitkFloat32)
+    seed = int(rng.integers(1, 2**31 - 1))
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=config.histogram_bins)
+    method.SetMetricSamplingStrategy(method.RANDOM)
+    method.SetMetricSamplingPercentage(config.sampling_fraction, seed)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=config.learning_rate, minStep=config.min_step,
+        numberOfIterations=config.iterations, relaxationFactor=0.5, gradientMagnitudeTolerance=1e-8)
+    method.SetOptimizerScalesFromPhysicalShift()
+    method.SetShrinkFactorsPerLevel(list(config.shrink_factors))
+    method.SetSmoothingSigmasPerLevel(list(config.smoothing_sigmas_mm))
+    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    method.SetInitialTransform(_initial_transform(fixed, moving, config.init), inPlace=False)
+    try:
+        transform = method.Execute(fixed, moving)
+    except RuntimeError as exc:
+        raise DataError(f"registration failed: {str(exc).strip().splitlines()[-1]}") from None
+    euler = sitk.Euler3DTransform(transform.GetNthTransform(0) if hasattr(transform, "GetNthTransform")
+                                  else transform)
+    return Registration(euler, float(method.GetMetricValue()), int(method.GetOptimizerIteration()),
+                        method.GetOptimizerStopConditionDescription(), seed)
+
+
+def _unit_range(data: np.ndarray) -> np.ndarray:
+    """Intensities clipped to the 0.5-99.5th percentiles and scaled to [0, 1] (float32)."""
+    lo, hi = np.percentile(data, [0.5, 99.5])
+    if hi <= lo:
+        raise DataError("image has no intensity range to register")
+    return ((np.clip(data, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+
+
+def propagate_labels(labels: np.ndarray, labels_affine: np.ndarray, registration: Registration,
+                     shape: tuple[int, int, int], affine: np.ndarray) -> np.ndarray:
+    """Reference labels resampled onto a scan's grid (shape, affine) through the registration,
+    with nearest neighbour; 0 outside the reference's field of view (int32)."""
+    import SimpleITK as sitk
+
+    moving = to_sitk(labels.astype(np.int32), labels_affine)
+    grid = to_sitk(np.zeros(shape, dtype=np.uint8), affine)
+    moved = sitk.Resample(moving, grid, registration.transform, sitk.sitkNearestNeighbor, 0, sitk.sitkInt32)
+    return from_sitk(moved).astype(np.int32)
+
+
+# ---------------------------------------------------------------- sessions
+
+
+@dataclass(frozen=True)
+class Session:
+    """A session: its reference image and labels, and the scans to propagate them to."""
+
+    session_id: str
+    reference_scan_id: str
+    reference_image: Path
+    reference_labels: Path
+    scans: tuple[tuple[str, Path], ...]  # (scan_id, path)
+
+
+def read_sessions(path: str | Path) -> list[Session]:
+    """Sessions from a CSV with columns session_id, scan_id, path, labels.
+
+    ``labels`` is filled on the reference row of each session (the label map of that scan) and
+    empty elsewhere; relative paths are taken from the CSV's folder.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: session manifest not found")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as exc:  # pandas raises many types for a bad file
+        raise InputError(f"{path}: cannot read session manifest ({type(exc).__name__}: {exc})") from None
+    needed = ("session_id", "scan_id", "path", "labels")
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise InputError(f"{path}: session manifest lacks column(s) {', '.join(missing)} (needs {', '.join(needed)})")
+    if df["scan_id"].duplicated().any():
+        raise InputError(f"{path}: scan_id {df.loc[df['scan_id'].duplicated(), 'scan_id'].iloc[0]} appears twice")
+
+    def resolve(p: str) -> Path:
+        return Path(p) if Path(p).is_absolute() else path.parent / p
+
+    sessions = []
+    for session_id, rows in df.groupby("session_id", sort=False):
+        refs = rows[rows["labels"] != ""]
+        if len(refs) != 1:
+            raise InputError(f"{path}: session {session_id} has {len(refs)} rows with labels; exactly one "
+                             "(the reference scan) is required")
+        ref = refs.iloc[0]
+        others = tuple((r.scan_id, resolve(r.path)) for r in rows.itertuples() if r.labels == "")
+        sessions.append(Session(str(session_id), ref["scan_id"], resolve(ref["path"]), resolve(ref["labels"]),
+                                others))
+    return sessions
+
+
+def write_atomic(path: Path, save) -> None:
+    """Call ``save(tmp)`` on a hidden file with the same suffix in the same folder, then rename it
+    onto ``path`` (the suffix tells nibabel and SimpleITK the format)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    tmp = path.with_name(f".{path.name}.partial{suffix}")
+    try:
+        save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def propagate_session(session: Session, out_dir: Path, config: RegistrationConfig,
+                      rng: np.random.Generator) -> tuple[list[dict], list[dict]]:
+    """Register the reference to every scan of the session and write the propagated labels.
+
+    Writes ``out_dir/silver/<scan_id>.nii.gz`` (int32 labels on the scan's grid) and
+    ``out_dir/transforms/<scan_id>.tfm``; returns (report rows, failure rows).
+    """
+    import nibabel as nib
+    import SimpleITK as sitk
+
+    from analysis.evaluation import load_labels
+    from morphometry.io import load_scan
+
+    try:
+        reference = load_scan(session.reference_image)
+        labels = load_labels(session.reference_labels)
+    except (InputError, DataError) as exc:
+        return [], [{"scan_id": scan_id, "session_id": session.session_id, "path": str(p), "error": str(exc)}
+                    for scan_id, p in session.scans]
+    rows, failures = [], []
+    for scan_id, scan_path in session.scans:
+        try:
+            scan = load_scan(scan_path)
+            reg = register_rigid(scan.data, scan.affine, reference.data, reference.affine, config, rng)
+            silver = propagate_labels(labels.data, labels.affine, reg, scan.data.shape[:3], scan.affine)
+        except (InputError, DataError) as exc:
+            failures.append({"scan_id": scan_id, "session_id": session.session_id, "path": str(scan_path),
+                             "error": str(exc)})
+            continue
+        silver_path = out_dir / "silver" / f"{scan_id}.nii.gz"
+        transform_path = out_dir / "transforms" / f"{scan_id}.tfm"
+        image = nib.Nifti1Image(silver, scan.affine)
+        image.set_data_dtype(np.int32)
+        write_atomic(silver_path, lambda tmp: nib.save(image, str(tmp)))
+        write_atomic(transform_path, lambda tmp: sitk.WriteTransform(reg.transform, str(tmp)))
+        rows.append({"scan_id": scan_id, "session_id": session.session_id,
+                     "reference_scan_id": session.reference_scan_id, "silver_path": str(silver_path),
+                     "transform_path": str(transform_path), **reg.report()})
+    return rows, failures

@@ -1,0 +1,33 @@
+"""``morpho report``: argument parsing; the work is imported when the command runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("report", help="one self-contained HTML report with the paper's figures",
+                       description="Write one HTML page (figures embedded, opens offline) from the outputs of "
+                                   "segment, evaluate and fit-ageing; every figure is also written as PNG and PDF "
+                                   "into <report>_figures/.")
+    p.add_argument("-o", "--out", required=True, type=Path, help="report file, e.g. report.html")
+    p.add_argument("--volumes", nargs="+", type=Path, default=(), help="volumes tables (segment's volumes.parquet)")
+    p.add_argument("--ageing", type=Path, help="output folder of morpho fit-ageing")
+    p.add_argument("--evaluation", type=Path, help="output folder of morpho evaluate")
+    p.add_argument("--covariates", type=Path, help="CSV with age and sex (joined on scan_id or subject_id)")
+    p.add_argument("--structures", nargs="+", default=(),
+                   help="structures of the Fig. 6 panel (default: hippocampus, lateral_ventricle, ... when fitted)")
+    p.add_argument("--title", default="morphometry report", help="page title")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from reports.report import ReportInputs, build_report
+
+    inputs = ReportInputs(tuple(args.volumes), args.ageing, args.evaluation, args.covariates,
+                          tuple(args.structures), args.title)
+    path = build_report(inputs, args.out)
+    print(f"report written to {path.resolve()}", file=sys.stderr)
+    return 0

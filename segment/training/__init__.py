@@ -1,0 +1,1 @@
+"""Training of the segmentation networks by domain randomisation (PyTorch, extra ``[train]``)."""

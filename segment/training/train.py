@@ -1,0 +1,250 @@
+"""The training loop: Adam on soft Dice (optional wl2 warm-up), checkpoints, resume, validation.
+
+A run folder holds ``config.json`` (the :class:`TrainConfig`), ``checkpoints/step_NNNNNNN.pt``
+(model, optimiser, AMP scaler, step, torch RNG state, wall time so far) and ``log.csv`` (one row
+per step: loss; every ``validate_every`` steps the mean Dice over the foreground labels of fixed
+synthetic examples drawn from the held-out label maps). Because batch ``s`` is a pure function
+of (seed, s) (:mod:`segment.training.data`), ``--resume`` continues from the last checkpoint with
+exactly the data the uninterrupted run would have seen. On a CUDA device the forward pass runs
+under float16 autocast with a gradient scaler; on the CPU in float32.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from morphometry.errors import InputError
+from segment.networks import UNetSpec
+from segment.training.data import (ROLES, DataConfig, ExampleSource, batches, load_maps, role_channels,
+                                   split_label_maps)
+from segment.training.losses import hard_dice, soft_dice_loss, wl2_loss
+from segment.training.unet_torch import UNet
+
+D_VARIANTS = ("paper", "official")
+VALIDATION_STREAM = 2**31  # seed-sequence entry of the validation examples (steps stay below it)
+KEEP_CHECKPOINTS = 3
+LOG_FIELDS = ("step", "loss", "val_dice", "elapsed_s")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Sizes in voxels of the working grid, ``resolution_mm`` in mm."""
+
+    role: str
+    label_maps: str
+    steps: int = 1000
+    crop: int = 48
+    width: int = 8
+    levels: int = 4
+    resolution_mm: float = 2.0
+    seed: int = 0
+    lr: float = 1e-4
+    batch_size: int = 1
+    checkpoint_every: int = 50
+    validate_every: int = 100
+    validation_examples: int = 4
+    held_out: int = 3
+    workers: int = 1
+    wl2_steps: int = 0
+    bn_momentum: float = 0.01
+    d_variant: str = "paper"
+    previous: str | None = None  # run folder of the network D / D_all corrects (S1 / SynthSeg)
+
+    def __post_init__(self):
+        if self.role not in ROLES:
+            raise InputError(f"unknown role {self.role!r} (choose from {', '.join(ROLES)})")
+        if self.d_variant not in D_VARIANTS:
+            raise InputError(f"--d-variant {self.d_variant!r}: choose {' or '.join(D_VARIANTS)}")
+        if self.steps < 1 or self.batch_size < 1 or self.width < 1 or self.levels < 2:
+            raise InputError("--steps, --batch-size and --width must be >= 1 and --levels >= 2")
+        if self.crop % 2 ** (self.levels - 1):
+            raise InputError(f"--crop {self.crop} must be a multiple of {2 ** (self.levels - 1)} "
+                             f"(2^(levels-1) for {self.levels} levels)")
+
+    def spec(self) -> UNetSpec:
+        """The network: S1/S2/SynthSeg U-Nets with ``width`` features doubling per level; D and
+        D_all the paper's light denoiser (one conv per level, constant width, no skips at the top
+        two levels) or the official release's (5^3 kernels, two convs, doubling widths)."""
+        c_in, c_out = role_channels(self.role)
+        spec = UNetSpec(c_in, c_out, features=self.width, levels=self.levels)
+        if self.role in ("d", "d_all"):
+            if self.d_variant == "paper":
+                return replace(spec, convs_per_level=1, multiplier=1, skips_removed=2)
+            return replace(spec, kernel=5, skips_removed=2)
+        return spec
+
+
+def save_config(config: TrainConfig, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=1))
+
+
+def load_config(run_dir: str | Path) -> TrainConfig:
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise InputError(f"{run_dir}: not a training run (no config.json)")
+    try:
+        return TrainConfig(**json.loads(path.read_text()))
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{path}: malformed training configuration ({exc})") from None
+
+
+def checkpoints(run_dir: str | Path) -> list[Path]:
+    return sorted((Path(run_dir) / "checkpoints").glob("step_*.pt"))
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    found = checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA, float16 autocast)"
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads, float32"
+
+
+def choose_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def validation_set(source: ExampleSource, config: TrainConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    out = []
+    for i in range(config.validation_examples):
+        x, y = source.example(np.random.default_rng([config.seed, VALIDATION_STREAM, i]))
+        out.append((torch.from_numpy(x[None]), torch.from_numpy(y)))
+    return out
+
+
+def validate(model: UNet, examples, device: torch.device) -> float:
+    """Mean hard Dice over the foreground labels present, averaged over the examples."""
+    model.eval()
+    scores = []
+    with torch.no_grad():
+        for x, y in examples:
+            pred = model(x.to(device)).argmax(1)[0].cpu()
+            dice = hard_dice(pred, y, model.spec.n_labels)[1:]
+            scores.append(float(torch.nanmean(dice)))
+    model.train()
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def _truncate_log(path: Path, last_step: int) -> None:
+    """Drop log rows written after the checkpoint a resumed run restarts from."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= last_step]
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, LOG_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _save_checkpoint(run_dir: Path, state: dict) -> Path:
+    folder = run_dir / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step_{state['step']:07d}.pt"
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    for old in checkpoints(run_dir)[:-KEEP_CHECKPOINTS]:
+        old.unlink()
+    return path
+
+
+def _make_optimiser(model: UNet, config: TrainConfig) -> torch.optim.Adam:
+    return torch.optim.Adam(model.parameters(), lr=config.lr, eps=1e-7)  # Keras Adam epsilon
+
+
+def previous_stage(config: TrainConfig) -> bytes | None:
+    """The serialised inference stage of the run D / D_all learns to correct."""
+    if config.role not in ("d", "d_all"):
+        return None
+    if not config.previous:
+        raise InputError(f"train {config.role.replace('_', '-')} needs --previous RUN_DIR "
+                         f"({'an S1' if config.role == 'd' else 'a SynthSeg'} training run)")
+    from segment.training.export import inference_stage
+
+    wanted = "s1" if config.role == "d" else "synthseg"
+    return inference_stage(config.previous, wanted).SerializeToString()
+
+
+def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, log=print) -> Path:
+    """Train (or continue) a run; return the last checkpoint."""
+    run_dir = Path(run_dir)
+    ckpt_path = latest_checkpoint(run_dir)
+    if resume and ckpt_path is None:
+        raise InputError(f"{run_dir}: --resume needs a checkpoint in {run_dir / 'checkpoints'}")
+    if not resume and ckpt_path is not None:
+        raise InputError(f"{run_dir}: already holds checkpoints; pass --resume to continue it or choose a new folder")
+    save_config(config, run_dir)
+    device = choose_device()
+    torch.manual_seed(config.seed)
+    model = UNet(config.spec(), config.bn_momentum).to(device)
+    optimiser = _make_optimiser(model, config)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    start, elapsed = 1, 0.0
+    if ckpt_path is not None:
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        start, elapsed = state["step"] + 1, state["elapsed_s"]
+        log(f"resuming {run_dir} at step {start}")
+    log_path = run_dir / "log.csv"
+    _truncate_log(log_path, start - 1)
+    if start > config.steps:
+        return ckpt_path  # type: ignore[return-value]
+
+    train_paths, val_paths = split_label_maps(config.label_maps, config.held_out)
+    data = DataConfig(config.role, config.crop, config.resolution_mm)
+    previous = previous_stage(config)
+    source = ExampleSource(load_maps(train_paths, config.resolution_mm), data, previous)
+    val_examples = validation_set(ExampleSource(load_maps(val_paths, config.resolution_mm), data, previous), config)
+
+    new_log = not log_path.is_file()
+    last = ckpt_path
+    with open(log_path, "a", newline="") as fh:
+        writer = csv.DictWriter(fh, LOG_FIELDS)
+        if new_log:
+            writer.writeheader()
+        tick = time.perf_counter()
+        for step, x, y in batches(source, config.seed, start, config.steps, config.batch_size, config.workers):
+            if config.wl2_steps and step == config.wl2_steps + 1:
+                optimiser = _make_optimiser(model, config)  # the original restarts Adam after wl2
+            xb, yb = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+                logits = model(xb)
+            loss = wl2_loss(logits, yb) if step <= config.wl2_steps else soft_dice_loss(logits, yb)
+            optimiser.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimiser)
+            scaler.update()
+            now = time.perf_counter()
+            elapsed, tick = elapsed + now - tick, now
+            loss_value = float(loss.detach())
+            row = {"step": step, "loss": f"{loss_value:.5f}", "val_dice": "", "elapsed_s": f"{elapsed:.1f}"}
+            if step % config.validate_every == 0 or step == config.steps:
+                row["val_dice"] = f"{validate(model, val_examples, device):.4f}"
+                log(f"step {step}: loss {loss_value:.4f}, validation Dice {row['val_dice']}")
+            writer.writerow(row)
+            fh.flush()
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                last = _save_checkpoint(run_dir, {
+                    "step": step, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                    "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(), "elapsed_s": elapsed,
+                    "hardware": hardware(device), "train_maps": [p.name for p in train_paths],
+                    "held_out_maps": [p.name for p in val_paths]})
+            tick = time.perf_counter()
+    return last  # type: ignore[return-value]

@@ -24,6 +24,7 @@ For scan i of structure volume y_i (mm^3, or a fraction of total intracranial vo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -263,7 +264,8 @@ class AgeingModel:
                                  f"(present: {', '.join(present)})")
             df = df[df["method"].isin(spec.methods)]
         if df.empty:
-            raise DataError(f"{source}: no scans left to fit" + (f" after --where {spec.where!r}" if spec.where else ""))
+            after = f" after --where {spec.where!r}" if spec.where else ""
+            raise DataError(f"{source}: no scans left to fit{after}")
         return df.reset_index(drop=True)
 
 
@@ -486,6 +488,10 @@ class AgeingFit:
     def residuals(self) -> pd.DataFrame:
         """One row per (method, structure, scan): volume, fitted value, covariate-adjusted volume
         (trajectory + residual), residual, robust z (residual / (1.4826 MAD)) and outlier flag."""
+        return self._residual_table.copy()
+
+    @cached_property
+    def _residual_table(self) -> pd.DataFrame:
         frames = []
         for (method, s), f in self.fits.items():
             d = self.data[method]
@@ -499,7 +505,8 @@ class AgeingFit:
             frames.append(pd.DataFrame({
                 "method": method, "structure": s, "scan_id": d.scan_id[rows],
                 "subject_id": d.subject_id[rows], "age_years": d.age[rows], "male": d.male[rows],
-                "volume": y, "fitted": fitted, "adjusted_volume": x[:, : self.n_spline] @ f.coef[: self.n_spline] + resid,
+                "volume": y, "fitted": fitted,
+                "adjusted_volume": x[:, : self.n_spline] @ f.coef[: self.n_spline] + resid,
                 "residual": resid, "robust_z": z, "outlier": np.abs(z) > self.spec.outlier_sd}))
         return pd.concat(frames, ignore_index=True)
 

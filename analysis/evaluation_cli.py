@@ -112,6 +112,10 @@ def run_evaluate(args) -> int:
         fig5_boxplots(scans, out / "figures" / "fig5_dice_msd")
     print(f"evaluated {scans.shape[0]} prediction(s) of {scans['scan_id'].nunique()} scan(s) -> {out}",
           file=sys.stderr)
+    resampled = scans.merge(table[["scan_id", "method", "resampled"]].drop_duplicates(), on=["scan_id", "method"])
+    for side, count in resampled.loc[resampled["resampled"] != "none", "resampled"].value_counts().items():
+        print(f"note: {count} pair(s) on different grids: the {side} was resampled onto the {args.grid} grid "
+              "(nearest neighbour)", file=sys.stderr)
     for status, count in table.loc[table["status"] != "ok", "status"].value_counts().items():
         print(f"note: {count} structure(s) {status.replace('_', ' ')}: Dice 0, distances NaN "
               "(status column of metrics.csv)", file=sys.stderr)

@@ -8,8 +8,10 @@ metadata of ``metrics.parquet`` through :data:`DEFINITIONS`):
   everything outside the array counted as background.
 * **Surface distances**: for every boundary voxel of A, the Euclidean distance in mm (voxel
   spacing applied per axis) from its centre to the nearest boundary-voxel centre of B, and
-  vice versa. The distance transform runs on the union bounding box of A and B padded by one
-  background voxel on every side, so boundary voxels lying on the box faces are kept.
+  vice versa: the values of a Euclidean distance transform of the other boundary with the voxel
+  spacing. They are computed on the union bounding box of A and B padded by one background voxel
+  on every side, so boundary voxels lying on the box faces are kept, and exactly (shared boundary
+  voxels at 0, face neighbours at the finest spacing, the rest by k-d tree look-up).
 * **MSD** (mean symmetric surface distance, mm), default ``"mean_of_means"``: the mean of the two
   directed mean distances, ``(mean(A->B) + mean(B->A)) / 2`` as in the SynthSeg+ paper's own
   evaluation (which worked in voxel units and dropped the crop-face voxels).
@@ -39,8 +41,8 @@ DEFINITIONS = {
     "dice": "2|A∩B| / (|A|+|B|) over voxels",
     "boundary": "mask voxels removed by one 6-connected erosion; outside the array is background",
     "surface_distance": ("Euclidean distance in mm (voxel spacing per axis) from each boundary voxel "
-                         "centre to the nearest boundary voxel centre of the other mask; distance "
-                         "transform on the union bounding box padded by one voxel"),
+                         "centre to the nearest boundary voxel centre of the other mask (= exact EDT of "
+                         "the other boundary), on the union bounding box padded by one voxel"),
     "msd_mean_of_means": "(mean(pred->ref) + mean(ref->pred)) / 2, mm",
     "msd_pooled": "mean of both directed distance sets pooled (MedPy 0.5 assd), mm",
     "hd95": "95th percentile (linear interpolation) of both directed distance sets pooled, mm",

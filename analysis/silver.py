@@ -158,8 +158,7 @@ def register_rigid(fixed_data: np.ndarray, fixed_affine: np.ndarray, moving_data
         transform = method.Execute(fixed, moving)
     except RuntimeError as exc:
         raise DataError(f"registration failed: {str(exc).strip().splitlines()[-1]}") from None
-    euler = sitk.Euler3DTransform(transform.GetNthTransform(0) if hasattr(transform, "GetNthTransform")
-                                  else transform)
+    euler = sitk.Euler3DTransform(sitk.CompositeTransform(transform).GetNthTransform(0))
     return Registration(euler, float(method.GetMetricValue()), int(method.GetOptimizerIteration()),
                         method.GetOptimizerStopConditionDescription(), seed)
 
@@ -274,8 +273,9 @@ def propagate_session(session: Session, out_dir: Path, config: RegistrationConfi
             reg = register_rigid(scan.data, scan.affine, reference.data, reference.affine, config, rng)
             silver = propagate_labels(labels.data, labels.affine, reg, scan.data.shape[:3], scan.affine)
         except (InputError, DataError) as exc:
+            error = str(exc) if str(scan_path) in str(exc) else f"{scan_path}: {exc}"
             failures.append({"scan_id": scan_id, "session_id": session.session_id, "path": str(scan_path),
-                             "error": str(exc)})
+                             "error": error})
             continue
         silver_path = out_dir / "silver" / f"{scan_id}.nii.gz"
         transform_path = out_dir / "transforms" / f"{scan_id}.tfm"

@@ -7,7 +7,7 @@
 2. ONNX Runtime (CPU) inference time of the imported official-width S1, D and S2 networks on a
    SIZE^3 volume, and of the whole S1 -> D -> S2 chain through the bundle's stage graphs.
 
-Prints tables of medians. Usage:
+Prints tables of medians (wall-clock and process CPU seconds). Usage:
     .venv/bin/python benchmarks/import_keras.py [--size 160] [--repeats 3] [--threads 0]
 """
 
@@ -40,16 +40,19 @@ class BenchConfig:
     seed: int = 0
 
 
-def median_time(fn, repeats: int) -> float:
-    times = []
+def median_time(fn, repeats: int) -> tuple[float, float]:
+    """Median wall-clock and median process CPU seconds of ``repeats`` calls (CPU time shows the work
+    done when other jobs share the cores)."""
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return statistics.median(wall), statistics.median(cpu)
 
 
-def time_import(files: list[Path], work: Path, repeats: int) -> float:
+def time_import(files: list[Path], work: Path, repeats: int) -> tuple[float, float]:
     return median_time(lambda: import_keras(files, Path(tempfile.mkdtemp(dir=work)) / "bundle"), repeats)
 
 
@@ -72,8 +75,8 @@ def session(model_or_path, threads: int):
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def bench_inference(bundle, cfg: BenchConfig, rng: np.random.Generator) -> list[tuple[str, float, float]]:
-    """(network, session creation s, median run s) for S1, D, S2 and the chain."""
+def bench_inference(bundle, cfg: BenchConfig, rng: np.random.Generator) -> list[tuple[str, float, tuple[float, float]]]:
+    """(network, session creation s, (median run wall s, CPU s)) for S1, D, S2 and the chain."""
     import onnx
 
     n = cfg.size
@@ -112,26 +115,28 @@ def main(argv: list[str] | None = None) -> None:
           f"python {platform.python_version()}; medians of {cfg.repeats} runs")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        print("\n| file | MB | import s (median) |\n| --- | ---: | ---: |")
+        print("\n| file | MB | import wall s | import CPU s |\n| --- | ---: | ---: | ---: |")
         if FIXTURES.is_dir():
             for name in FIXTURE_FILES:
                 path = FIXTURES / name
-                print(f"| {name} (fixture) | {path.stat().st_size / 1e6:.1f} | {time_import([path], work, cfg.repeats):.2f} |")
+                wall, cpu = time_import([path], work, cfg.repeats)
+                print(f"| {name} (fixture) | {path.stat().st_size / 1e6:.1f} | {wall:.2f} | {cpu:.2f} |")
         official = work / "synthseg_robust_official_width.h5"
         start = time.perf_counter()
         n_params = write_official_robust(official, rng)
         written = time.perf_counter() - start
-        seconds = time_import([official], work, cfg.repeats)
+        wall, cpu = time_import([official], work, cfg.repeats)
         print(f"| synthetic official-width robust ({n_params:,} parameters; written in {written:.1f} s) | "
-              f"{official.stat().st_size / 1e6:.0f} | {seconds:.2f} |")
+              f"{official.stat().st_size / 1e6:.0f} | {wall:.2f} | {cpu:.2f} |")
         bundle = import_keras([official], work / "official")
         import onnxruntime as ort
 
         print(f"\nONNX Runtime {ort.__version__} CPU, official widths, input {cfg.size}^3, "
               f"threads {cfg.threads or 'default'}")
-        print("| network | session s | run s (median) |\n| --- | ---: | ---: |")
-        for name, created, run in bench_inference(bundle, cfg, rng):
-            print(f"| {name} | {'' if np.isnan(created) else f'{created:.2f}'} | {run:.2f} |")
+        print("| network | session s | run wall s | run CPU s |\n| --- | ---: | ---: | ---: |")
+        for name, created, (wall, cpu) in bench_inference(bundle, cfg, rng):
+            print(f"| {name} | {'' if np.isnan(created) else f'{created:.2f}'} | {wall:.2f} | {cpu:.2f} |")
+        print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "analysis.ageing_cli",
     "analysis.evaluation_cli",
     "reports.commands",
+    "morphometry.demo",
 )
 
 

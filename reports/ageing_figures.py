@@ -4,7 +4,8 @@ Inputs are the ``trajectories.parquet`` and ``adjusted_volumes.parquet`` tables 
 ``morpho fit-ageing`` (or the same frames from :class:`analysis.ageing.AgeingFit`), so a report
 can redraw them from a results folder. Scatter: covariate-adjusted volumes (trajectory +
 residual); lines: trajectories at the reference spacing, sexes averaged; shading: pointwise
-bootstrap bands; outliers (|residual| > 3 robust SD) drawn as crosses and counted per panel.
+bootstrap bands; outliers (|residual| > 3 robust SD) drawn as crosses and counted per panel
+(the scan count N is in the title).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def trajectory_figure(trajectories: pd.DataFrame, adjusted: pd.DataFrame, struct
                 ax = axes[r, c]
                 pts = pts_s[pts_s["method"] == m]
                 _draw_panel(ax, traj[(traj["structure"] == s) & (traj["method"] == m)], pts, m, True)
-                counts = f"outliers: {int(pts['outlier'].sum())} of {len(pts)}"
+                counts = f"{int(pts['outlier'].sum())} outliers"
                 ax.set_title(f"{m}\n{counts}" if r == 0 else counts, fontsize=8)
                 if limits:
                     ax.set_ylim(*limits)
@@ -142,12 +143,13 @@ def write_ageing_figures(out_dir, trajectories: pd.DataFrame, adjusted: pd.DataF
     paths = []
     with matplotlib.rc_context(RC_PARAMS):
         if subset_label:
-            fig = trajectory_figure(trajectories, adjusted, structures, title=f"{subset_label} (N = {n})")
+            fig = trajectory_figure(trajectories, adjusted, structures, title=f"{subset_label} (N = {n} scans)")
             paths += save_figure(fig, out_dir / "fig_s6_trajectories")
         else:
-            fig = trajectory_figure(trajectories, adjusted, structures, title=f"Volume trajectories (N = {n})")
+            fig = trajectory_figure(trajectories, adjusted, structures, title=f"Volume trajectories (N = {n} scans)")
             paths += save_figure(fig, out_dir / "fig6_trajectories")
+        suffix = f", {subset_label}" if subset_label else ""
         fig = structure_grid_figure(trajectories, adjusted, s5_method,
-                                    title=f"Volume trajectories, {s5_method}" + (f", {subset_label}" if subset_label else ""))
+                                    title=f"Volume trajectories, {s5_method}{suffix}")
         paths += save_figure(fig, out_dir / f"fig_s5_{s5_method.replace('+', 'plus')}")
     return paths

@@ -119,7 +119,7 @@ class SegmentBatch:
                        parc: np.ndarray | None, qc: np.ndarray | None) -> tuple[dict, dict]:
         timings = {}
         start = time.perf_counter()
-        config = PostprocessConfig(topology=method.topology or self.outputs.full_cleanup)
+        config = PostprocessConfig(topology=method.topology or self.outputs.full_cleanup, in_place=True)
         seg = postprocess(posteriors, SYNTHSEG_2, pre.inner, config)
         del posteriors
         row = self._identity(record, scan, method)
@@ -136,10 +136,10 @@ class SegmentBatch:
         timings["postprocess"] = time.perf_counter() - start
         start = time.perf_counter()
         seg_path = self.out_dir / "seg" / f"{record.scan_id}_{method.name}.nii.gz"
-        save_image(to_native(labels.astype(np.int32), pre), pre.grid_affine, seg_path)
+        save_image(to_native(labels, pre), pre.grid_affine, seg_path)
         if self.outputs.posteriors:
             post = to_native(np.moveaxis(seg.posteriors, 0, -1), pre)
-            save_image(post.astype(np.float32), pre.grid_affine,
+            save_image(post, pre.grid_affine,
                        self.out_dir / "posteriors" / f"{record.scan_id}_{method.name}.nii.gz")
         timings["write"] = time.perf_counter() - start
         return row, timings

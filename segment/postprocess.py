@@ -31,8 +31,6 @@ Box = tuple[slice, slice, slice]
 CORTEX_VALUES = (3, 42)  # left and right cerebral cortex: where parcels are written (2.9)
 PARCELLATION_VALUES = np.array([0] + [p.value for p in PARCELLATION_LABELS], dtype=np.int32)
 """FreeSurfer values of the 69 parcellation channels (0, 1001..1035 without 1004, 2001..)."""
-QC_CROP_SIZE = 224  # voxels per axis of the QC network's input
-QC_EXCLUDED_CHANNELS = (0, 24)
 """Channel *indices* left out of the QC crop's bounding box. The original compares with 24 meaning
 CSF (label 24, index 16) but uses it as an index: label 47 in SynthSeg 2.0. Kept for fidelity."""
 
@@ -232,27 +230,6 @@ def postprocess_parcellation(parcellation: np.ndarray, segmentation: Segmentatio
     labels = segmentation.labels.astype(np.int32, copy=True)
     labels[cortex] = PARCELLATION_VALUES[np.argmax(post[:, cortex], axis=0)]
     return Segmentation(posteriors=post, labels=labels)
-
-
-def qc_crop(indices: np.ndarray, size: int = QC_CROP_SIZE,
-            excluded: tuple[int, ...] = QC_EXCLUDED_CHANNELS) -> np.ndarray:
-    """Crop/zero-pad an argmax channel-index map (padded network space, before any clean-up) to
-    ``size`` voxels per axis around the bounding box of the indices not in ``excluded`` (2.12).
-
-    Per axis: lo, hi = box (or 0, min(n, size) if empty); lo -= ceil((size - (hi - lo)) / 2),
-    hi += floor((size - (hi - lo)) / 2); the part of [lo, hi) outside the map is zero (background).
-    """
-    box = bounding_box(~np.isin(indices, excluded))
-    out = np.zeros((size,) * 3, dtype=indices.dtype)
-    src, dst = [], []
-    for axis, n in enumerate(indices.shape):
-        lo, hi = (0, min(n, size)) if box is None else (box[axis].start, box[axis].stop)
-        extra = size - (hi - lo)
-        lo, hi = lo - (-(-extra // 2)), hi + extra // 2
-        src.append(slice(max(lo, 0), min(hi, n)))
-        dst.append(slice(max(lo, 0) - lo, min(hi, n) - lo))
-    out[tuple(dst)] = indices[tuple(src)]
-    return out
 
 
 def to_native(array: np.ndarray, pre: Preprocessed) -> np.ndarray:

@@ -69,3 +69,18 @@ def test_grids_that_do_not_overlap_are_reported(tmp_path):
     ref_path = save(tmp_path / "s1.nii.gz", ball((20, 20, 20), np.eye(4), (10, 10, 10), 5, 2), far)
     with pytest.raises(DataError, match="do not overlap"):
         evaluate_pair(Prediction("s1", "synthseg", pred_path), Reference("s1", ref_path), EvaluationConfig())
+
+
+def test_cli_notes_pairs_on_different_grids(tmp_path, capsys):
+    from morphometry.cli import main
+
+    thick = np.diag([1.0, 1.0, 4.0, 1.0])
+    centre = (16.2, 15.7, 16.4)
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "ref").mkdir()
+    save(tmp_path / "pred" / "s1_synthseg+.nii.gz", ball((32, 32, 32), np.eye(4), centre, 8.0, 17), np.eye(4))
+    save(tmp_path / "ref" / "s1.nii.gz", ball((32, 32, 8), thick, centre, 8.0, 17), thick)
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--reference", str(tmp_path / "ref"),
+                 "-o", str(tmp_path / "e"), "--grid", "prediction", "--no-figures"]) == 0
+    assert "1 pair(s) on different grids: the reference was resampled onto the prediction grid" in \
+        capsys.readouterr().err

@@ -81,11 +81,13 @@ def random_shape(rng: np.random.Generator, shape, threshold: float) -> np.ndarra
     return field > threshold * field.std()
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_agrees_with_medpy_on_random_anisotropic_shapes(seed):
+@pytest.mark.parametrize("seed,spacing", [(0, None), (1, None), (2, None), (3, (1.0, 1.0, 3.0)),
+                                          (4, (0.5, 0.5, 0.5))])
+def test_agrees_with_medpy_on_random_anisotropic_shapes(seed, spacing):
+    """Random spacings (one finest axis), two equal finest axes, and isotropic voxels."""
     rng = np.random.default_rng(seed)
     shape = (40, 36, 18)
-    spacing = tuple(rng.uniform(0.6, 4.0, size=3))
+    spacing = spacing or tuple(rng.uniform(0.6, 4.0, size=3))
     a = random_shape(rng, shape, 0.3)
     b = random_shape(rng, shape, 0.5)
     assert a.any() and b.any() and a[0].any()  # touches the array face: kept as boundary

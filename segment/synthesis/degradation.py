@@ -3,8 +3,9 @@ generative model except the GMM, with the wider priors of Table S1, applied to a
 or synthetic) and its label map.
 
 image, labels -> joint deformation (image trilinear, labels nearest) -> flip -> bias field ->
-[0, 1] min-max normalisation -> gamma -> contrast inversion -> blur and subsampling -> noise at low
-resolution -> linear resampling back to the input grid. The degraded image is meant to be fed to a
+[0, 1] normalisation (0.5 and 99.5 percentiles, clipped: with the wide bias prior a plain min-max
+would squash most of the image into a few grey levels) -> gamma -> contrast inversion -> blur and
+subsampling -> noise at low resolution -> linear resampling back to the input grid. The degraded image is meant to be fed to a
 trained S1 whose output, paired with the deformed labels, trains D.
 """
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from morphometry.errors import InputError
 from segment.synthesis.generator import degrade_resolution
-from segment.synthesis.intensity import BiasParams, apply_gamma, bias_field, normalise_minmax, sample_bias
+from segment.synthesis.intensity import BiasParams, apply_gamma, bias_field, normalise_percentiles, sample_bias
 from segment.synthesis.priors import DegradationPriors
 from segment.synthesis.resolution import AcquisitionParams, sample_acquisition
 from segment.synthesis.spatial import DeformationParams, sample_deformation, source_coordinates, warp_image, warp_labels
@@ -67,7 +68,7 @@ def degrade(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
     field_ = bias_field(bias, shape)
     if field_ is not None:
         warped *= field_
-    normalise_minmax(warped, None)
+    warped = normalise_percentiles(warped)
     gamma = float(priors.gamma.sample(rng))
     apply_gamma(warped, gamma)
     inverted = bool(rng.uniform() < priors.p_invert)

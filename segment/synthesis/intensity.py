@@ -86,6 +86,15 @@ def normalise_minmax(image: np.ndarray, clip_max: float | None) -> np.ndarray:
     return image
 
 
+def normalise_percentiles(image: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
+    """Map the ``low``..``high`` percentiles (over all voxels) to [0, 1] and clip (float32)."""
+    lo, hi = np.percentile(image, [low, high])
+    if hi <= lo:
+        lo, hi = float(image.min()), float(image.max())
+    out = (image - np.float32(lo)) * np.float32(1.0 / (hi - lo + 1e-7))
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
 def apply_gamma(image: np.ndarray, gamma: float) -> np.ndarray:
     """x <- x ** gamma in place, for x in [0, 1]."""
     if gamma != 1.0:

@@ -3,8 +3,7 @@
 
 Defaults of :class:`GeneratorPriors` are the values of the original training code (tutorial 7 /
 function defaults, synthseg-facts.md 4.2-4.9), including its quirks: scaling U(0.8, 1.2), no
-translation, velocity std up to 4 voxels, bias std up
-to 0.7, log-normal gamma, no added noise. Defaults of :class:`DegradationPriors` are the paper's
+translation, velocity std up to 4 voxels, bias std up to 0.7, log-normal gamma, no added noise. Defaults of :class:`DegradationPriors` are the paper's
 wider degradation column of Table S1 read literally (variances sampled uniformly where the table
 prints a variance), plus the code's contrast inversion.
 """

@@ -51,11 +51,12 @@ class TrainedRun:
                 "final_validation_dice": self.val_dice}
 
 
-def _last_val_dice(log_path: Path) -> float | None:
+def _last_val_dice(log_path: Path, step: int) -> float | None:
+    """The last validation Dice logged at or before ``step`` (a killed run may have logged more)."""
     if not log_path.is_file():
         return None
     with open(log_path, newline="") as fh:
-        values = [r["val_dice"] for r in csv.DictReader(fh) if r["val_dice"]]
+        values = [r["val_dice"] for r in csv.DictReader(fh) if r["val_dice"] and int(r["step"]) <= step]
     return float(values[-1]) if values else None
 
 
@@ -71,7 +72,7 @@ def load_run(run_dir: str | Path) -> TrainedRun:
     model.load_state_dict(state["model"])
     model.eval()
     return TrainedRun(run_dir, config, model, state["step"], state["elapsed_s"], state["hardware"],
-                      state["train_maps"], state["held_out_maps"], _last_val_dice(run_dir / "log.csv"))
+                      state["train_maps"], state["held_out_maps"], _last_val_dice(run_dir / "log.csv", state["step"]))
 
 
 def onnx_network(run: TrainedRun) -> onnx.ModelProto:

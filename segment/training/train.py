@@ -107,10 +107,20 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA, float16 autocast)"
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads, float32"
+    return f"{_cpu_name()} ({os.cpu_count()} cores), {torch.get_num_threads()} torch threads, float32"
 
 
 def choose_device() -> torch.device:

@@ -77,8 +77,9 @@ OFFICIAL_SPECS = {
 }
 
 
-def random_weights(spec: UNetSpec, rng: np.random.Generator) -> Weights:
-    """Seeded weights of the right shapes (Glorot-uniform kernels, near-identity batch norms)."""
+def random_weights(spec, rng: np.random.Generator, relu: bool = False) -> Weights:
+    """Seeded weights of the shapes ``spec.layer_shapes()`` gives: uniform kernels (Glorot, or He for
+    ReLU networks), N(0, 0.1) biases, near-identity batch norms."""
     weights: Weights = {}
     for name, shapes in spec.layer_shapes().items():
         if name.startswith("bn_"):
@@ -88,7 +89,7 @@ def random_weights(spec: UNetSpec, rng: np.random.Generator) -> Weights:
         else:
             kshape, bshape = shapes
             fan_in, fan_out = np.prod(kshape[:4]), np.prod(kshape[:3]) * kshape[4]
-            limit = np.sqrt(6.0 / (fan_in + fan_out))
+            limit = np.sqrt(6.0 / fan_in) if relu else np.sqrt(6.0 / (fan_in + fan_out))
             weights[name] = (rng.uniform(-limit, limit, kshape), rng.normal(0, 0.1, bshape))
     return {k: tuple(np.asarray(a, np.float32) for a in v) for k, v in weights.items()}
 

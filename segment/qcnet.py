@@ -105,18 +105,3 @@ def qc_model(spec: QCSpec, weights: Weights, taps: tuple[str, ...] = (), doc: st
     scores, inner = add_qc(g, "input", spec, weights)
     outputs = {"scores": scores} | {name: inner[name] for name in taps}
     return make_model(g, {"input": spec.in_channels}, outputs, doc)
-
-
-def random_qc_weights(spec: QCSpec, rng: np.random.Generator) -> Weights:
-    """Seeded weights of the right shapes (He-uniform kernels for ReLU, near-identity batch norms)."""
-    weights: Weights = {}
-    for name, shapes in spec.layer_shapes().items():
-        if name.startswith("bn_"):
-            (c,) = shapes[0]
-            weights[name] = (rng.uniform(0.8, 1.2, c), rng.normal(0, 0.1, c), rng.normal(0, 0.1, c),
-                             rng.uniform(0.5, 1.5, c))
-        else:
-            kshape, bshape = shapes
-            limit = np.sqrt(6.0 / np.prod(kshape[:4]))
-            weights[name] = (rng.uniform(-limit, limit, kshape), rng.normal(0, 0.1, bshape))
-    return {k: tuple(np.asarray(a, np.float32) for a in v) for k, v in weights.items()}

@@ -10,7 +10,7 @@ import numpy as np
 from morphometry.labels import PARCELLATION_LABELS, SYNTHSEG_2
 from segment.bundle import TISSUE_LABELS, Bundle, write_bundle
 from segment.networks import OFFICIAL_SPECS, random_weights, unet_model
-from segment.qcnet import QCSpec, qc_model, random_qc_weights
+from segment.qcnet import QCSpec, qc_model
 
 SEGMENTATION_ROLES = ("s1", "d", "s2", "synthseg", "d_all")
 LABELS = {
@@ -32,7 +32,7 @@ def random_bundle(root: Path, features: int = 4, seed: int = 0, levels: int = 5,
         doc = f"random {role} network, seed {seed}"
         if role == "qc":
             qspec = QCSpec(features=features)
-            models[role] = (qc_model(qspec, random_qc_weights(qspec, rng), doc=doc), LABELS[role], asdict(qspec))
+            models[role] = (qc_model(qspec, random_weights(qspec, rng, relu=True), doc=doc), LABELS[role], asdict(qspec))
             continue
         width = features if role not in ("d", "d_all") else max(2, features * 2 // 3)
         spec = replace(specs[role], features=width, levels=levels)

@@ -16,7 +16,7 @@ from segment.keras_import import (KINDS, import_keras, infer_qc, infer_unet, rea
                                   write_keras_h5)
 from segment.keras_import_cli import KIND_CHOICES, register
 from segment.networks import OFFICIAL_SPECS, UNetSpec, random_weights
-from segment.qcnet import QCSpec, random_qc_weights
+from segment.qcnet import QCSpec
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "keras-reference"
 needs_fixtures = pytest.mark.skipif(not (FIXTURES / "README.md").is_file(),
@@ -80,7 +80,7 @@ def test_unet_architecture_is_inferred(tmp_path, changes):
 @pytest.mark.parametrize("spec", [QCSpec(features=2), QCSpec(features=2, levels=3, convs_per_level=3, kernel=3,
                                                                 multiplier=3)])
 def test_qc_architecture_is_inferred(tmp_path, spec):
-    write_keras_h5(tmp_path / "qc.h5", {"qc": random_qc_weights(spec, np.random.default_rng(1))})
+    write_keras_h5(tmp_path / "qc.h5", {"qc": random_weights(spec, np.random.default_rng(1), relu=True)})
     assert infer_qc(read_keras_h5(tmp_path / "qc.h5")) == spec
 
 
@@ -252,7 +252,7 @@ def test_unreadable_inputs(tmp_path):
 
 
 def test_bundle_level_refusals(tmp_path):
-    write_keras_h5(tmp_path / "qc.h5", {"qc": random_qc_weights(QCSpec(features=2), np.random.default_rng(11))})
+    write_keras_h5(tmp_path / "qc.h5", {"qc": random_weights(QCSpec(features=2), np.random.default_rng(11), relu=True)})
     with pytest.raises(InputError, match="network role qc is already provided by"):
         import_keras([tmp_path / "qc.h5", tmp_path / "qc.h5"], tmp_path / "b1")
     with pytest.raises(InputError, match="--kind given 2 times for 3 files"):
@@ -270,7 +270,7 @@ def test_import_keras_command(tmp_path, capsys):
     d = random_weights(replace(OFFICIAL_SPECS["d"], features=2), rng)
     s2 = random_weights(replace(OFFICIAL_SPECS["s2"], features=2), rng)
     write_keras_h5(tmp_path / "synthseg_robust_2.0.h5", {"unet": s1, "l2l": d, "unet2": s2}, full_model=True)
-    write_keras_h5(tmp_path / "synthseg_qc_2.0.h5", {"qc": random_qc_weights(QCSpec(features=2), rng)})
+    write_keras_h5(tmp_path / "synthseg_qc_2.0.h5", {"qc": random_weights(QCSpec(features=2), rng, relu=True)})
     parser = argparse.ArgumentParser(prog="morpho models")
     register(parser.add_subparsers(dest="models_command"))
     args = parser.parse_args(["import-keras", str(tmp_path / "synthseg_robust_2.0.h5"),

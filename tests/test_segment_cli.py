@@ -28,7 +28,8 @@ MORPHO = [sys.executable, "-m", "morphometry.cli"]
 def segmented(tiny_bundle, scan_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("seg") / "out"
     code = main(["segment", str(scan_folder), "-o", str(out), "--models", str(tiny_bundle.root),
-                 "--method", "synthseg+", "--method", "synthseg", "--threads", "2", "--posteriors"])
+                 "--method", "synthseg+", "--method", "synthseg", "--threads", "2", "--posteriors",
+                 "--resampled"])
     return code, out
 
 
@@ -70,6 +71,9 @@ def test_segmentations_on_the_working_grid_in_native_order(segmented, scan_folde
     corner = lambda a: a[:3, :3] @ np.full(3, -0.5) + a[:3, 3]  # noqa: E731
     np.testing.assert_allclose(corner(seg.affine), corner(src.affine), atol=1e-6)
     assert set(np.unique(seg.get_fdata()).astype(int)) <= set(SYNTHSEG_2.values.tolist())
+    resampled = nib.load(str(out / "resampled" / "coronal5.nii.gz"))
+    assert resampled.shape == seg.shape and np.allclose(resampled.affine, seg.affine)
+    assert not (out / "resampled" / "las1.nii.gz").exists()  # written only when resampling happened
     iso = nib.load(str(out / "seg" / "las1_synthseg.nii.gz"))  # 1 mm: not resampled, native grid kept
     assert iso.shape == (64, 64, 64)
     np.testing.assert_allclose(iso.affine, np.diag([-1.0, 1.0, 1.0, 1.0]))

@@ -55,10 +55,18 @@ def test_summary_table():
 
 
 def test_brain_box_keeps_the_brain_and_a_margin():
-    from segment.training.evaluate import brain_box
+    from segment.training.data import brain_box
 
     labels = np.zeros((30, 30, 30), np.int32)
     labels[5:25, 5:25, 5:25] = 511  # skin: not a brain structure
     labels[10:15, 12:20, 14:16] = 2
     box = brain_box(labels, 3)
     assert box == (slice(7, 18), slice(9, 23), slice(11, 19))
+
+
+def test_structure_table_averages_conditions_and_skips_missing():
+    from segment.training.evaluate import structure_table
+
+    result = {"structures": ["a", "b"], "dice": {"s1+s2": {"c1": [0.5, None], "c2": [0.7, 0.4]}}}
+    lines = structure_table(result).splitlines()
+    assert lines[2] == "| a | 0.600 |" and lines[3] == "| b | 0.400 |"

@@ -124,3 +124,22 @@ def test_export_refuses_mixed_runs(maps_dir, tmp_path):
         (tmp_path / "empty").mkdir()
         (tmp_path / "empty" / "config.json").write_text(json.dumps(_config(maps_dir).__dict__))
         export_bundle([tmp_path / "empty"], tmp_path / "y", "y")
+
+
+@pytest.mark.slow
+def test_evaluate_a_trained_bundle(maps_dir, tmp_path):
+    from segment.training.evaluate import EvaluationConfig, evaluate_bundle
+
+    runs = []
+    for role in ("s1", "synthseg"):
+        runs.append(tmp_path / role)
+        train(_config(maps_dir, role=role, steps=1), runs[-1], log=lambda m: None)
+    bundle = export_bundle(runs, tmp_path / "bundle", "tiny")
+    config = EvaluationConfig(held_out=1, contrasts=("t1",), spacings_mm=(1.0, 6.0), low_snr_spacings_mm=(3.0,))
+    result = evaluate_bundle(bundle, maps_dir, config)
+    assert result["conditions"] == ["t1-1mm", "t1-6mm", "t1-3mm-lowsnr"]
+    assert list(result["dice"]) == ["synthseg"] and result["scans"] == 3
+    assert len(result["dice"]["synthseg"]["t1-6mm"]) == 32 and len(result["s1_tissue_dice"]["t1-1mm"]) == 4
+    values = [v for v in result["dice"]["synthseg"]["t1-1mm"] if v is not None]
+    assert values and all(0 <= v <= 1 for v in values)
+    assert set(result["stage_seconds_per_scan"]) >= {"synthseg"}

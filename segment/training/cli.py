@@ -29,6 +29,7 @@ OPTIONS = {
     "--validate-every": ("validate_every", int, "steps between validations (default: 100)"),
     "--validation-examples": ("validation_examples", int, "held-out synthetic examples scored (default: 4)"),
     "--held-out": ("held_out", int, "label maps (last by name) held out for validation (default: 3)"),
+    "--brain-margin": ("brain_margin_mm", float, "crops lie in the brain's bounding box plus this margin, mm (default: 20)"),
     "--workers": ("workers", int, "processes that synthesise batches (default: 1; 0 = none)"),
     "--wl2-steps": ("wl2_steps", int, "weighted-L2 warm-up steps before soft Dice (default: 0)"),
     "--bn-momentum": ("bn_momentum", float, "batch-norm running-average momentum (default: 0.01 = Keras 0.99)"),
@@ -126,11 +127,13 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from segment.bundle import load_bundle
-    from segment.training.evaluate import EvaluationConfig, evaluate_bundle, summary_table
+    from segment.training.evaluate import EvaluationConfig, evaluate_bundle, structure_table, summary_table
 
     bundle = load_bundle(args.bundle)
     result = evaluate_bundle(bundle, args.label_maps, EvaluationConfig(held_out=args.held_out, seed=args.seed))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(summary_table(result))
+    print()
+    print(structure_table(result))
     return 0

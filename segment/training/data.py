@@ -1,7 +1,9 @@
 """On-the-fly training examples from the synthesis engine, at a coarse working resolution.
 
 Label maps are read at 1 mm (RAS-aligned, trimmed) and coarsened to the working grid by taking
-every ``factor``-th voxel (``factor`` = resolution in mm, an integer). The generative and
+every ``factor``-th voxel (``factor`` = resolution in mm, an integer); training keeps the brain's
+bounding box plus a margin (20 mm by default), so that small random crops show mostly brain
+(uniform crops of a whole head are mostly background). The generative and
 degradation models then run directly on the coarse grid, with every prior given in mm or in
 voxels rescaled to coarse voxels (:func:`scaled_generator_priors`), which costs ``factor**3``
 less than synthesising at 1 mm and resampling. Examples are a pure function of (seed, step, item):
@@ -105,6 +107,20 @@ def coarsen(labels: np.ndarray, factor: int) -> np.ndarray:
     return np.ascontiguousarray(labels[s::factor, s::factor, s::factor])
 
 
+def brain_box(labels: np.ndarray, margin: int) -> tuple[slice, ...]:
+    """Bounding box of the brain parenchyma (tissue groups 1-4) plus ``margin`` voxels."""
+    from segment.synthesis.generation_labels import GENERATION_LABELS
+
+    brain = GENERATION_LABELS.group_lut[labels] > 0
+    box = []
+    for axis in range(3):
+        present = np.flatnonzero(np.any(brain, axis=tuple(a for a in range(3) if a != axis)))
+        if present.size == 0:
+            return tuple(slice(0, n) for n in labels.shape)
+        box.append(slice(max(int(present[0]) - margin, 0), min(int(present[-1]) + margin + 1, labels.shape[axis])))
+    return tuple(box)
+
+
 def list_label_maps(directory: str | Path) -> list[Path]:
     """Label-map files of a folder, sorted by name; InputError if none."""
     directory = Path(directory)
@@ -124,12 +140,16 @@ def split_label_maps(directory: str | Path, held_out: int) -> tuple[list[Path], 
     return paths[: len(paths) - held_out], paths[len(paths) - held_out:]
 
 
-def load_maps(paths: list[Path], resolution_mm: float) -> list[np.ndarray]:
-    """Read, check and coarsen training label maps (DataError names a bad file)."""
+def load_maps(paths: list[Path], resolution_mm: float, brain_margin_mm: float | None = None) -> list[np.ndarray]:
+    """Read, check and coarsen training label maps (DataError names a bad file); with
+    ``brain_margin_mm``, keep only the brain's bounding box plus that margin."""
     from segment.synthesis.labelmaps import load_label_map
 
     factor = coarsening_factor(resolution_mm)
     maps = [coarsen(load_label_map(p), factor) for p in paths]
+    if brain_margin_mm is not None:
+        margin = int(round(brain_margin_mm / resolution_mm))
+        maps = [np.ascontiguousarray(m[brain_box(m, margin)]) for m in maps]
     for p, m in zip(paths, maps):
         if min(m.shape) < 8:
             raise DataError(f"{p}: head too small for training ({m.shape} voxels at {resolution_mm:g} mm)")

@@ -18,6 +18,7 @@ groups.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -105,16 +106,6 @@ def render_scan(labels: np.ndarray, voxel_mm: float, condition: Condition, rng: 
     return np.clip((scan - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
 
 
-def brain_box(labels: np.ndarray, margin: int) -> tuple[slice, ...]:
-    """Bounding box of the 32 brain structures (non-zero targets) plus ``margin`` voxels."""
-    brain = GENERATION_LABELS.target_lut[labels] > 0
-    box = []
-    for axis in range(3):
-        present = np.flatnonzero(np.any(brain, axis=tuple(a for a in range(3) if a != axis)))
-        box.append(slice(max(int(present[0]) - margin, 0), min(int(present[-1]) + margin + 1, labels.shape[axis])))
-    return tuple(box)
-
-
 def _pad(image: np.ndarray, min_size: int) -> tuple[np.ndarray, tuple[slice, ...]]:
     size = [max(-(-n // SIZE_MULTIPLE) * SIZE_MULTIPLE, min_size) for n in image.shape]
     out = np.zeros(size, np.float32)
@@ -141,8 +132,7 @@ def evaluate_bundle(bundle: Bundle, label_maps: str | Path, config: EvaluationCo
     from segment.runtime import Engine, RuntimeConfig
 
     _, paths = split_label_maps(label_maps, config.held_out)
-    margin = int(round(config.margin_mm / bundle.resolution_mm))
-    maps = [m[brain_box(m, margin)] for m in load_maps(paths, bundle.resolution_mm)]
+    maps = load_maps(paths, bundle.resolution_mm, config.margin_mm)
     methods = resolve_methods(supported_methods(set(bundle.networks)))
     engine = Engine(bundle, methods, RuntimeConfig(device="cpu"))
     s1 = None
@@ -167,7 +157,6 @@ def evaluate_bundle(bundle: Bundle, label_maps: str | Path, config: EvaluationCo
                 groups = SYNTHSEG_2.tissue_groups[truth]
                 tissue.setdefault(condition.name, []).append(dice_per_channel(pred, groups, 5)[1:])
     n_scans = len(maps) * len(config.conditions())
-    mean = lambda rows: np.nanmean(np.array(rows), axis=0)  # noqa: E731
     return {
         "config": asdict(config),
         "bundle": bundle.model_id,
@@ -176,15 +165,23 @@ def evaluate_bundle(bundle: Bundle, label_maps: str | Path, config: EvaluationCo
         "structures": list(SYNTHSEG_2.names[1:]),
         "tissue_groups": ["white_matter_deep_grey", "cortex", "ventricles", "cerebellum"],
         "conditions": [c.name for c in config.conditions()],
-        "dice": {m: {c: _round(mean(rows)) for c, rows in per.items()} for m, per in scores.items()},
-        "mean_dice": {m: {c: round(float(np.nanmean(mean(rows))), 4) for c, rows in per.items()}
+        "dice": {m: {c: _round(_nanmean(rows)) for c, rows in per.items()} for m, per in scores.items()},
+        "mean_dice": {m: {c: round(float(_nanmean(_nanmean(rows))), 4) for c, rows in per.items()}
                       for m, per in scores.items()},
-        "s1_tissue_dice": {c: _round(mean(rows)) for c, rows in tissue.items()},
-        "s1_mean_tissue_dice": {c: round(float(np.nanmean(mean(rows))), 4) for c, rows in tissue.items()},
+        "s1_tissue_dice": {c: _round(_nanmean(rows)) for c, rows in tissue.items()},
+        "s1_mean_tissue_dice": {c: round(float(_nanmean(_nanmean(rows))), 4) for c, rows in tissue.items()},
         "stage_seconds_per_scan": {s: round(t / n_scans, 3) for s, t in engine.timings.items()},
         "scans": n_scans,
         "wall_s": round(time.perf_counter() - start, 1),
     }
+
+
+def _nanmean(rows, axis: int = 0):
+    """Mean over the scans ignoring NaN (a structure absent from a scan's truth and output); NaN
+    where it is absent from all."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(np.asarray(rows, dtype=float), axis=axis)
 
 
 def _round(values: np.ndarray) -> list:
@@ -200,4 +197,15 @@ def summary_table(result: dict) -> str:
         cells = [f"{result['mean_dice'][m].get(c, float('nan')):.3f}" for m in methods]
         cells.append(f"{result['s1_mean_tissue_dice'].get(c, float('nan')):.3f}" if result["s1_mean_tissue_dice"] else "")
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def structure_table(result: dict) -> str:
+    """Markdown table: Dice per structure (rows) and method (columns), averaged over all conditions."""
+    methods = list(result["dice"])
+    lines = ["| structure | " + " | ".join(methods) + " |", "|" + " --- |" * (len(methods) + 1)]
+    per_method = {m: _nanmean([[np.nan if v is None else v for v in row] for row in result["dice"][m].values()])
+                  for m in methods}
+    for i, name in enumerate(result["structures"]):
+        lines.append(f"| {name} | " + " | ".join(f"{per_method[m][i]:.3f}" for m in methods) + " |")
     return "\n".join(lines)

@@ -53,6 +53,7 @@ class TrainConfig:
     validate_every: int = 100
     validation_examples: int = 4
     held_out: int = 3
+    brain_margin_mm: float = 20.0  # crops are drawn in the brain's bounding box plus this margin
     workers: int = 1
     wl2_steps: int = 0
     bn_momentum: float = 0.01
@@ -220,8 +221,10 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, log=pr
     train_paths, val_paths = split_label_maps(config.label_maps, config.held_out)
     data = DataConfig(config.role, config.crop, config.resolution_mm)
     previous = previous_stage(config)
-    source = ExampleSource(load_maps(train_paths, config.resolution_mm), data, previous)
-    val_examples = validation_set(ExampleSource(load_maps(val_paths, config.resolution_mm), data, previous), config)
+    margin = config.brain_margin_mm
+    source = ExampleSource(load_maps(train_paths, config.resolution_mm, margin), data, previous)
+    val_examples = validation_set(ExampleSource(load_maps(val_paths, config.resolution_mm, margin), data, previous),
+                                  config)
 
     new_log = not log_path.is_file()
     last = ckpt_path

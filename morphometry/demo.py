@@ -25,10 +25,11 @@ class DemoSize:
     max_protocols: int
     downsample: int  # keep every N-th anatomy voxel (2 = 2 mm anatomy)
     bootstrap: int
+    knots: int  # spline knots of the ageing model (fewer for a small cohort)
 
 
-FULL = DemoSize(subjects=40, sessions_per_subject=1, max_protocols=2, downsample=2, bootstrap=200)
-QUICK = DemoSize(subjects=10, sessions_per_subject=1, max_protocols=1, downsample=2, bootstrap=20)
+FULL = DemoSize(subjects=40, sessions_per_subject=1, max_protocols=2, downsample=2, bootstrap=200, knots=10)
+QUICK = DemoSize(subjects=20, sessions_per_subject=1, max_protocols=1, downsample=2, bootstrap=20, knots=5)
 
 
 def register(sub) -> None:
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     write_volumes(both, out / "volumes_with_truth")
     _stage("fit ageing", ["fit-ageing", str(out / "volumes_with_truth" / "volumes.parquet"), "--covariates",
                           str(cohort / "manifest.csv"), "-o", str(ageing), "--bootstrap", str(size.bootstrap),
-                          "--seed", str(args.seed), "--reference-method", "truth"])
+                          "--knots", str(size.knots), "--seed", str(args.seed), "--reference-method", "truth"])
     report = out / "report.html"
     _stage("report", ["report", "-o", str(report), "--volumes", str(seg / "volumes.parquet"), "--covariates",
                       str(cohort / "manifest.csv"), "--ageing", str(ageing), "--evaluation", str(evaluation),

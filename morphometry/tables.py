@@ -138,7 +138,8 @@ def to_long(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def join_covariates(volumes: pd.DataFrame, covariates: pd.DataFrame, source: str = "covariates") -> pd.DataFrame:
-    """Join covariates on ``scan_id``, else on ``subject_id`` (+ ``session_id`` when present)."""
+    """Join covariates on ``scan_id``, else on ``subject_id`` (+ ``session_id`` when present).
+    Columns present in both tables are taken from ``covariates``."""
     if "scan_id" in covariates.columns:
         keys = ["scan_id"]
     elif "subject_id" in covariates.columns:
@@ -153,11 +154,11 @@ def join_covariates(volumes: pd.DataFrame, covariates: pd.DataFrame, source: str
         cov[key] = cov[key].astype(str)
     if cov.duplicated(keys).any():
         raise InputError(f"{source}: several rows per {'+'.join(keys)}")
-    vol = volumes.copy()
+    overlap = [c for c in cov.columns if c in volumes.columns and c not in keys]
+    vol = volumes.drop(columns=overlap)  # the covariates given explicitly win over same-named columns
     for key in keys:
         vol[key] = vol[key].astype(str)
-    overlap = [c for c in cov.columns if c in vol.columns and c not in keys]
-    return vol.merge(cov.drop(columns=overlap), on=keys, how="left", validate="many_to_one")
+    return vol.merge(cov, on=keys, how="left", validate="many_to_one")
 
 
 def empty_volume_row() -> dict:

@@ -186,7 +186,7 @@ class SegmentBatch:
                     scan, pre, timings = fut.result()
                     info["warnings"] = scan.warnings
                     for w in scan.warnings:
-                        progress.write(f"warning: {rec.path}: {w}")
+                        progress.write(f"warning: {rec.path}: {w}", file=sys.stderr)
                     self._add(timings)
                     futures = self._infer(rec, scan, pre, writers)
                 except _ScanFailure as exc:

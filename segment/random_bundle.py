@@ -22,7 +22,8 @@ LABELS = {
 
 
 def random_bundle(root: Path, features: int = 4, seed: int = 0, levels: int = 5,
-                  roles: tuple[str, ...] = SEGMENTATION_ROLES, resolution_mm: float = 1.0) -> Bundle:
+                  roles: tuple[str, ...] = SEGMENTATION_ROLES, resolution_mm: float = 1.0,
+                  min_size: int = 128) -> Bundle:
     """Write a bundle of random networks; ``features`` scales every width (official: 24, D 16)."""
     rng = np.random.default_rng(seed)
     specs = dict(OFFICIAL_SPECS)
@@ -40,4 +41,5 @@ def random_bundle(root: Path, features: int = 4, seed: int = 0, levels: int = 5,
         models[role] = (unet_model(spec, random_weights(spec, rng), doc), labels, asdict(spec))
     provenance = {"source": "random", "seed": seed, "features": features}
     return write_bundle(root, f"random-f{features}-s{seed}", models, provenance, resolution_mm,
-                        licence="none (random weights)", description="seeded random networks for tests")
+                        licence="none (random weights)", description="seeded random networks for tests",
+                        min_size=min_size)

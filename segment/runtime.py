@@ -40,16 +40,33 @@ def _onnxruntime():
     return onnxruntime
 
 
-def choose_device(config: RuntimeConfig) -> str:
-    ort = _onnxruntime()
+def cuda_works() -> bool:
+    """True when the CUDA provider is built in *and* starts (its libraries load) on this machine."""
+    from onnx import TensorProto, helper
 
-    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-    if config.device == "cuda" and not has_cuda:
-        raise InputError("--device cuda: this ONNX Runtime has no CUDA provider "
-                         "(install onnxruntime-gpu, see README)")
+    ort = _onnxruntime()
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", io[:1], io[1:])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    try:
+        session = ort.InferenceSession(model.SerializeToString(),
+                                       providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    except Exception:  # a provider that fails to load raises many types
+        return False
+    return session.get_providers()[0] == "CUDAExecutionProvider"
+
+
+def choose_device(config: RuntimeConfig) -> str:
+    """``cuda`` or ``cpu`` for the requested device (auto: CUDA when it works here)."""
     if config.device not in ("auto", "cpu", "cuda"):
         raise InputError(f"--device {config.device}: choose auto, cpu or cuda")
-    device = "cuda" if config.device == "cuda" or (config.device == "auto" and has_cuda) else "cpu"
+    has_cuda = config.device != "cpu" and cuda_works()
+    if config.device == "cuda" and not has_cuda:
+        raise InputError("--device cuda: CUDA is not usable here (needs onnxruntime-gpu and the CUDA "
+                         "libraries, see README)")
+    device = "cuda" if has_cuda else "cpu"
     if config.fp16 and device != "cuda":
         raise InputError("--fp16 needs a CUDA device (float16 kernels are slow or missing on the CPU)")
     return device

@@ -193,3 +193,16 @@ def test_parcellation_and_qc_columns(tmp_path):
     assert not np.isin(seg, [3, 42]).any()  # cortex voxels carry parcel labels
     assert main(["segment", str(tmp_path / "one.nii.gz"), "-o", str(tmp_path / "o2"), "--models",
                  str(random_bundle(tmp_path / "b2", features=2, roles=("s1", "d", "s2")).root), "--qc"]) == 2
+
+
+def test_cuda_or_fp16_refused_without_cuda(tiny_bundle, scan_folder, tmp_path, capsys):
+    from segment.runtime import cuda_works
+
+    if cuda_works():
+        pytest.skip("CUDA works here; tests/test_gpu.py covers it")
+    assert main(["segment", str(scan_folder), "-o", str(tmp_path / "a"), "--models", str(tiny_bundle.root),
+                 "--device", "cuda"]) == 2
+    assert "CUDA is not usable here" in capsys.readouterr().err
+    assert main(["segment", str(scan_folder), "-o", str(tmp_path / "b"), "--models", str(tiny_bundle.root),
+                 "--fp16"]) == 2
+    assert "--fp16 needs a CUDA device" in capsys.readouterr().err

@@ -1,0 +1,33 @@
+"""``morpho demo --quick`` end to end with the shipped starter bundle (checks outputs, not timing)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from morphometry.cli import main
+from segment.bundle import load_bundle
+from segment.commands import DEFAULT_BUNDLE
+from segment.methods import supported_methods
+
+
+@pytest.mark.slow
+def test_quick_demo_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "-o", str(out)]) == 0
+    methods = set(supported_methods(set(load_bundle(DEFAULT_BUNDLE).networks)))
+    volumes = pd.read_parquet(out / "segment" / "volumes.parquet")
+    manifest = pd.read_csv(out / "cohort" / "manifest.csv")
+    assert set(volumes["method"]) == methods
+    assert set(volumes["scan_id"]) == set(manifest["scan_id"])
+    scans = pd.read_parquet(out / "evaluation" / "scans.parquet")
+    assert set(scans["method"]) == methods and scans["mean_dice"].between(0, 1).all()
+    summary = pd.read_csv(out / "ageing" / "summary.csv")
+    assert set(summary["method"]) == methods | {"truth"}
+    traj = pd.read_parquet(out / "ageing" / "trajectories.parquet")
+    assert (traj.query("quantity == 'difference'")["reference_method"] == "truth").all()
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 4 and ">Ageing trajectories<" in page
+    assert json.loads((out / "segment" / "provenance.json").read_text())["bundle"]["model_id"]

@@ -17,12 +17,12 @@ import os
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import statistics
+import time
+from pathlib import Path
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 MAPS = ROOT.parent / "shared" / "data" / "label-maps"
@@ -41,7 +41,12 @@ def timed(fn, repeats: int) -> tuple[float, float]:
 def bench_training(args) -> None:
     import torch
 
-    from segment.training.data import DataConfig, ExampleSource, load_maps, split_label_maps
+    from segment.training.data import (
+        DataConfig,
+        ExampleSource,
+        load_maps,
+        split_label_maps,
+    )
     from segment.training.export import inference_stage
     from segment.training.losses import soft_dice_loss
     from segment.training.train import TrainConfig
@@ -54,10 +59,10 @@ def bench_training(args) -> None:
     print("| role | example synthesis wall s | CPU s | train step wall s | CPU s |")
     print("| --- | ---: | ---: | ---: | ---: |")
     previous = {}
-    if args.bundle_runs:
-        runs = Path(args.bundle_runs)
-        previous = {"d": inference_stage(runs / "s1", "s1").SerializeToString(),
-                    "d_all": inference_stage(runs / "synthseg", "synthseg").SerializeToString()}
+    if args.s1_run:
+        previous["d"] = inference_stage(args.s1_run, "s1").SerializeToString()
+    if args.synthseg_run:
+        previous["d_all"] = inference_stage(args.synthseg_run, "synthseg").SerializeToString()
     for role in ("s1", "s2", "synthseg", "d", "d_all"):
         if role in ("d", "d_all") and role not in previous:
             continue
@@ -111,8 +116,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=8)
     parser.add_argument("--levels", type=int, default=4)
     parser.add_argument("--bundle", type=Path, default=ROOT / "segment" / "models" / "starter")
-    parser.add_argument("--bundle-runs", default=None,
-                        help="folder with the s1/ and synthseg/ runs, to time D and D_all examples too")
+    parser.add_argument("--s1-run", type=Path, default=None, help="a trained S1 run, to time D examples too")
+    parser.add_argument("--synthseg-run", type=Path, default=None, help="a trained SynthSeg run, to time D_all examples too")
     args = parser.parse_args()
     if not MAPS.is_dir():
         raise SystemExit(f"{MAPS} not found: the benchmark needs the shared training label maps")

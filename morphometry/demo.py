@@ -28,8 +28,8 @@ class DemoSize:
     knots: int  # spline knots of the ageing model (fewer for a small cohort)
 
 
-FULL = DemoSize(subjects=40, sessions_per_subject=1, max_protocols=2, downsample=2, bootstrap=200, knots=10)
-QUICK = DemoSize(subjects=20, sessions_per_subject=1, max_protocols=1, downsample=2, bootstrap=20, knots=5)
+FULL = DemoSize(subjects=36, sessions_per_subject=1, max_protocols=1, downsample=2, bootstrap=200, knots=8)
+QUICK = DemoSize(subjects=12, sessions_per_subject=1, max_protocols=1, downsample=2, bootstrap=20, knots=4)
 
 
 def register(sub) -> None:

@@ -4,6 +4,7 @@ imported when a command runs."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -180,7 +181,7 @@ def run_models_show(args: argparse.Namespace) -> int:
           f"methods: {', '.join(supported_methods(set(b.networks))) or 'none'}")
     for role, net in b.networks.items():
         print(f"  {role}: {net.file}  in={len(net.input_channels)} out={len(net.labels)}  sha256={net.sha256[:16]}…")
-    print(f"provenance: {b.provenance}")
+    print("provenance: " + json.dumps(b.provenance, indent=1))
     return 0
 
 

@@ -9,10 +9,25 @@ import numpy as np
 import pytest
 
 from morphometry.errors import DataError, InputError
-from segment.synthesis.priors import DegradationPriors, GeneratorPriors, Uniform, UniformVariance
-from segment.training.data import (N_LABELS, DataConfig, ExampleSource, batches, coarsen, coarsening_factor,
-                                   list_label_maps, load_maps, scaled_degradation_priors,
-                                   scaled_generator_priors, split_label_maps)
+from segment.synthesis.priors import (
+    DegradationPriors,
+    GeneratorPriors,
+    Uniform,
+    UniformVariance,
+)
+from segment.training.data import (
+    N_LABELS,
+    DataConfig,
+    ExampleSource,
+    batches,
+    coarsen,
+    coarsening_factor,
+    list_label_maps,
+    load_maps,
+    scaled_degradation_priors,
+    scaled_generator_priors,
+    split_label_maps,
+)
 
 
 def phantom_labels(n: int = 40, seed: int = 0) -> np.ndarray:
@@ -53,7 +68,8 @@ def test_priors_rescaled_to_coarse_voxels():
     assert g.spatial.nonlin_scale == pytest.approx(0.08)  # same control points per mm
     assert g.resolution.aniso_spacing == Uniform(0.5, 4.0)
     assert g.spatial.rotation_deg == GeneratorPriors().spatial.rotation_deg  # angles unchanged
-    assert g.gmm == GeneratorPriors().gmm
+    assert g.gmm.stds == Uniform(0.0, 50.0 / 2**1.5)  # a 2 mm voxel averages 8 independent 1 mm draws
+    assert g.gmm.means == GeneratorPriors().gmm.means
     d = scaled_degradation_priors(DegradationPriors(), 2.0)
     assert d.spatial.nonlin_std == UniformVariance(1.0)  # variance 4 mm^2 = 1 voxel^2 of 2 mm
     assert d.spatial.translation_mm == Uniform(-25.0, 25.0)

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from test_training_data import phantom_labels
 
-from segment.training.evaluate import Condition, EvaluationConfig, dice_per_channel, render_scan, summary_table
+from segment.training.evaluate import (
+    Condition,
+    EvaluationConfig,
+    dice_per_channel,
+    render_scan,
+    summary_table,
+)
 
 
 def test_dice_per_channel_against_set_counts():

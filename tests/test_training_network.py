@@ -10,9 +10,9 @@ import pytest
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'morphometry[train]')")
 ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed")
 
-from segment.networks import UNetSpec, unet_model  # noqa: E402
-from segment.training.losses import hard_dice, one_hot, soft_dice_loss, wl2_loss  # noqa: E402
-from segment.training.unet_torch import UNet, keras_weights  # noqa: E402
+from segment.networks import UNetSpec, unet_model
+from segment.training.losses import hard_dice, one_hot, soft_dice_loss, wl2_loss
+from segment.training.unet_torch import UNet, keras_weights
 
 SPECS = {
     "s2-like": UNetSpec(in_channels=6, n_labels=7, features=3, levels=3),

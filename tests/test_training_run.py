@@ -11,13 +11,13 @@ import pytest
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'morphometry[train]')")
 pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed")
 
-from test_training_data import write_maps  # noqa: E402
+from test_training_data import write_maps
 
-from morphometry.cli import main  # noqa: E402
-from morphometry.errors import InputError  # noqa: E402
-from segment.bundle import load_bundle, verify_bundle  # noqa: E402
-from segment.training.export import export_bundle, load_run, min_size_for  # noqa: E402
-from segment.training.train import TrainConfig, train  # noqa: E402
+from morphometry.cli import main
+from morphometry.errors import InputError
+from segment.bundle import load_bundle, verify_bundle
+from segment.training.export import export_bundle, load_run, min_size_for
+from segment.training.train import TrainConfig, train
 
 TINY = dict(steps=2, crop=16, width=2, levels=2, resolution_mm=2.0, checkpoint_every=1, validate_every=1,
             validation_examples=1, held_out=1, workers=0, lr=1e-3)

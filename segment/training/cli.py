@@ -127,7 +127,12 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from segment.bundle import load_bundle
-    from segment.training.evaluate import EvaluationConfig, evaluate_bundle, structure_table, summary_table
+    from segment.training.evaluate import (
+        EvaluationConfig,
+        evaluate_bundle,
+        structure_table,
+        summary_table,
+    )
 
     bundle = load_bundle(args.bundle)
     result = evaluate_bundle(bundle, args.label_maps, EvaluationConfig(held_out=args.held_out, seed=args.seed))

@@ -27,7 +27,13 @@ import numpy as np
 from morphometry.labels import SYNTHSEG_2
 from segment.bundle import Bundle
 from segment.synthesis.generation_labels import GENERATION_LABELS
-from segment.synthesis.intensity import GmmParams, bias_field, render_gmm, sample_bias, sample_gmm
+from segment.synthesis.intensity import (
+    GmmParams,
+    bias_field,
+    render_gmm,
+    sample_bias,
+    sample_gmm,
+)
 from segment.synthesis.priors import BiasPriors, GmmPriors, Uniform
 from segment.synthesis.protocols import FWHM_PER_SIGMA, ProtocolPriors, sample_protocol
 from segment.synthesis.resolution import add_noise, blur, subsample, upsample

@@ -24,8 +24,15 @@ import torch
 
 from morphometry.errors import InputError
 from segment.networks import UNetSpec
-from segment.training.data import (ROLES, DataConfig, ExampleSource, batches, load_maps, role_channels,
-                                   split_label_maps)
+from segment.training.data import (
+    ROLES,
+    DataConfig,
+    ExampleSource,
+    batches,
+    load_maps,
+    role_channels,
+    split_label_maps,
+)
 from segment.training.losses import hard_dice, soft_dice_loss, wl2_loss
 from segment.training.unet_torch import UNet
 

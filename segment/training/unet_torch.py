@@ -73,7 +73,7 @@ def _kernel(conv: nn.Conv3d) -> np.ndarray:
 def keras_weights(model: UNet) -> Weights:
     """The trained weights as the Keras-layout dictionary that ``segment.networks.unet_model`` reads."""
     out: Weights = {}
-    as_np = lambda t: t.detach().cpu().numpy().astype(np.float32)  # noqa: E731
+    as_np = lambda t: t.detach().cpu().numpy().astype(np.float32)
     for name, block in model.convs.items():
         out[name] = (_kernel(block.conv), as_np(block.conv.bias))
     for name, bn in model.norms.items():

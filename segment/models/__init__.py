@@ -1,0 +1,1 @@
+"""Model bundles shipped with the package (``starter/``: the default of ``morpho segment``)."""

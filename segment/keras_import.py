@@ -210,6 +210,18 @@ def _numbers(layers: Weights, pattern: str) -> list[tuple[int, ...]]:
     return sorted(tuple(map(int, m.groups())) for m in found if m)
 
 
+def _encoder_start(kf: KerasFile, prefix: str, levels: int) -> tuple[int, int, int, int]:
+    """(kernel size, input channels, first-level width, width multiplier) of an encoder."""
+    k, _, _, in_channels, features = _conv_shape(kf, prefix, "conv_downarm_0_0")
+    if levels < 2:
+        return k, in_channels, features, 2
+    wider = _conv_shape(kf, prefix, "conv_downarm_1_0")[4]
+    if wider % features:
+        raise ModelError(f"{kf.path}: layer {prefix}_conv_downarm_1_0: {wider} filters is not a multiple "
+                         f"of the first level's {features}")
+    return k, in_channels, features, wider // features
+
+
 def infer_unet(kf: KerasFile, prefix: str) -> UNetSpec:
     """The U-Net architecture of network ``prefix``, checked layer by layer."""
     _check_names(kf, prefix, UNET_LAYER, "SynthSeg U-Net")
@@ -219,14 +231,7 @@ def infer_unet(kf: KerasFile, prefix: str) -> UNetSpec:
         raise ModelError(f"{kf.path}: layer {prefix}_conv_uparm_*: missing (no decoder in network {prefix})")
     levels = decoder[0][0]
     convs = 1 + max((c for (c,) in _numbers(layers, r"conv_downarm_0_(\d+)")), default=0)
-    k, _, _, in_channels, features = _conv_shape(kf, prefix, "conv_downarm_0_0")
-    multiplier = 2
-    if levels > 1:
-        wider = _conv_shape(kf, prefix, "conv_downarm_1_0")[4]
-        if wider % features:
-            raise ModelError(f"{kf.path}: layer {prefix}_conv_downarm_1_0: {wider} filters is not a multiple "
-                             f"of the first level's {features}")
-        multiplier = wider // features
+    k, in_channels, features, multiplier = _encoder_start(kf, prefix, levels)
     n_labels = _conv_shape(kf, prefix, "likelihood")[4]
     width = lambda level: features * multiplier**level  # noqa: E731
     skips = []
@@ -256,14 +261,7 @@ def infer_qc(kf: KerasFile, prefix: str = "qc") -> QCSpec:
     layers = kf.networks[prefix]
     levels = 1 + max((lev for lev, _ in _numbers(layers, r"conv_downarm_(\d+)_(\d+)")), default=0)
     convs = 1 + max((c for (c,) in _numbers(layers, r"conv_downarm_0_(\d+)")), default=0)
-    k, _, _, in_channels, features = _conv_shape(kf, prefix, "conv_downarm_0_0")
-    multiplier = 2
-    if levels > 1:
-        wider = _conv_shape(kf, prefix, "conv_downarm_1_0")[4]
-        if wider % features:
-            raise ModelError(f"{kf.path}: layer {prefix}_conv_downarm_1_0: {wider} filters is not a multiple "
-                             f"of the first level's {features}")
-        multiplier = wider // features
+    k, in_channels, features, multiplier = _encoder_start(kf, prefix, levels)
     n_outputs = _conv_shape(kf, prefix, "final_conv_1")[4]
     spec = QCSpec(in_channels, n_outputs, features, levels, convs, k, multiplier)
     summary = (f"inferred {levels}-level residual encoder, {convs} convs/level, kernel {k}, "

@@ -98,6 +98,8 @@ def trajectory_figure(trajectories: pd.DataFrame, adjusted: pd.DataFrame, struct
                     _draw_panel(ax, traj[(traj["structure"] == s) & (traj["method"] == m)], pts_s.iloc[:0], m, False)
                 if r == 0:
                     ax.set_title("all methods", fontsize=8)
+                if limits:  # the same range as the scatter panels, not the bands' extremes
+                    ax.set_ylim(*limits)
                 _format_axes(ax, units, False, r == len(structures) - 1)
             axes[r, 0].annotate(_label(s), xy=(0, 0.5), xycoords="axes fraction", xytext=(-48, 0),
                                 textcoords="offset points", rotation=90, ha="center", va="center",

@@ -44,6 +44,32 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+DEMO_STRUCTURES = ("hippocampus", "lateral_ventricle", "cerebral_cortex", "cerebral_white_matter", "thalamus",
+                   "amygdala", "putamen", "caudate", "cerebellum_cortex", "brain_stem")
+
+
+def fittable(volumes) -> tuple[list[str], list[str]]:
+    """(structures, methods) the demo's ageing fit can use: structures of DEMO_STRUCTURES (left + right
+    summed) whose volume varies across scans for the truth and the first segmentation method, and
+    the methods for which all of them vary (a weak model that never finds a structure is left out)."""
+    from morphometry.errors import DataError
+    from morphometry.labels import BILATERAL_STRUCTURES
+    from reports.style import method_order
+
+    varying = {}
+    for name in DEMO_STRUCTURES:
+        summed = volumes[list(BILATERAL_STRUCTURES.get(name, (name,)))].sum(axis=1)
+        stds = summed.groupby(volumes["method"]).std()
+        varying[name] = set(stds[stds > 0].index)
+    methods = [m for m in method_order(volumes["method"].unique()) if m != "truth"]
+    anchors = {"truth", methods[0]} if methods else {"truth"}
+    structures = [name for name in DEMO_STRUCTURES if anchors <= varying[name]]
+    if not structures:
+        raise DataError("no structure varies across scans; the demo cannot fit ageing")
+    kept = [m for m in [*methods, "truth"] if all(m in varying[name] for name in structures)]
+    return structures, kept
+
+
 def _stage(name: str, argv: list[str]) -> None:
     from morphometry.cli import main
     from morphometry.errors import DataError
@@ -90,7 +116,9 @@ def run(args: argparse.Namespace) -> int:
     both = pd.concat([read_volumes(seg / "volumes.parquet"), read_volumes(cohort / "truth_volumes.parquet")],
                      ignore_index=True)
     write_volumes(both, out / "volumes_with_truth")
-    _stage("fit ageing", ["fit-ageing", str(out / "volumes_with_truth" / "volumes.parquet"), "--covariates",
+    structures, fitted = fittable(both)
+    _stage("fit ageing", ["fit-ageing", str(out / "volumes_with_truth" / "volumes.parquet"), "--structures",
+                          *structures, "--methods", *fitted, "--covariates",
                           str(cohort / "manifest.csv"), "-o", str(ageing), "--bootstrap", str(size.bootstrap),
                           "--knots", str(size.knots), "--seed", str(args.seed), "--reference-method", "truth"])
     report = out / "report.html"

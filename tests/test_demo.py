@@ -24,8 +24,9 @@ def test_quick_demo_end_to_end(tmp_path):
     assert set(volumes["scan_id"]) == set(manifest["scan_id"])
     scans = pd.read_parquet(out / "evaluation" / "scans.parquet")
     assert set(scans["method"]) == methods and scans["mean_dice"].between(0, 1).all()
-    summary = pd.read_csv(out / "ageing" / "summary.csv")
-    assert set(summary["method"]) == methods | {"truth"}
+    summary = pd.read_csv(out / "ageing" / "summary.csv")  # methods that found every fitted structure
+    assert "truth" in set(summary["method"]) and set(summary["method"]) - {"truth"} <= methods
+    assert len(set(summary["method"])) >= 2
     traj = pd.read_parquet(out / "ageing" / "trajectories.parquet")
     assert (traj.query("quantity == 'difference'")["reference_method"] == "truth").all()
     page = (out / "report.html").read_text()

@@ -24,6 +24,7 @@ from analysis import metrics
 from morphometry.errors import DataError, InputError
 from morphometry.io import IMAGE_SUFFIXES, is_image_path, strip_image_suffix
 from morphometry.labels import PARCELLATION_LABELS, SEGMENTATION_LABELS, STRUCTURES
+from morphometry.tables import read_text_csv
 
 KNOWN_METHODS = ("synthseg+", "s1+s2", "synthseg", "synthseg+d", "s1+s2+d")
 """Method names ``morpho segment`` writes as file-name suffixes (DESIGN.md, method variants)."""
@@ -200,10 +201,7 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _read_manifest(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as exc:  # pandas raises many types for a bad file
-        raise InputError(f"{path}: cannot read manifest ({type(exc).__name__}: {exc})") from None
+    df = read_text_csv(path, "manifest")
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise InputError(f"{path}: manifest lacks column(s) {', '.join(missing)} (needs {', '.join(columns)})")
@@ -424,12 +422,7 @@ def qc_from_rule(scans: pd.DataFrame, rule: QcRule) -> pd.DataFrame:
 def read_qc_table(path: str | Path) -> pd.DataFrame:
     """scan_id -> qc_group from a CSV with columns scan_id and qc_group (or group)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: QC table not found")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as exc:  # pandas raises many types for a bad file
-        raise InputError(f"{path}: cannot read QC table ({type(exc).__name__}: {exc})") from None
+    df = read_text_csv(path, "QC table")
     column = "qc_group" if "qc_group" in df.columns else "group" if "group" in df.columns else None
     if "scan_id" not in df.columns or column is None:
         raise InputError(f"{path}: QC table needs columns scan_id and qc_group (found {', '.join(df.columns)})")

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from morphometry.errors import DataError, InputError
+from morphometry.tables import read_text_csv
 
 INITIALISATIONS = ("moments", "geometry", "world")
 _LPS = np.diag([-1.0, -1.0, 1.0])
@@ -204,12 +204,7 @@ def read_sessions(path: str | Path) -> list[Session]:
     empty elsewhere; relative paths are taken from the CSV's folder.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: session manifest not found")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as exc:  # pandas raises many types for a bad file
-        raise InputError(f"{path}: cannot read session manifest ({type(exc).__name__}: {exc})") from None
+    df = read_text_csv(path, "session manifest")
     needed = ("session_id", "scan_id", "path", "labels")
     missing = [c for c in needed if c not in df.columns]
     if missing:

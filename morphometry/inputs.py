@@ -16,6 +16,7 @@ import pandas as pd
 
 from morphometry.errors import InputError
 from morphometry.io import is_image_path, strip_image_suffix
+from morphometry.tables import read_text_csv
 
 _BIDS_SUB = re.compile(r"^sub-[A-Za-z0-9]+$")
 _BIDS_SES = re.compile(r"^ses-[A-Za-z0-9]+$")
@@ -60,10 +61,7 @@ def _text(value) -> str | None:
 
 
 def _from_manifest(csv: Path) -> list[ScanRecord]:
-    try:
-        df = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    except Exception as exc:
-        raise InputError(f"{csv}: cannot read manifest ({type(exc).__name__}: {exc})") from None
+    df = read_text_csv(csv, "manifest")
     if "path" not in df.columns:
         raise InputError(f"{csv}: manifest needs a 'path' column (has: {', '.join(df.columns)})")
     records = []

@@ -115,6 +115,18 @@ def read_table(path: Path) -> pd.DataFrame:
         raise InputError(f"{path}: cannot read table ({type(exc).__name__}: {exc})") from None
 
 
+def read_text_csv(path: Path, what: str) -> pd.DataFrame:
+    """A CSV with every cell as text ("" for empty cells); InputError naming the file and ``what``
+    it should be when it is missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: {what} not found")
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as exc:  # pandas raises many types for a bad file
+        raise InputError(f"{path}: cannot read {what} ({type(exc).__name__}: {exc})") from None
+
+
 def read_volumes(path: Path) -> pd.DataFrame:
     """Read and validate a VolumesTable from Parquet or CSV."""
     return validate_volumes(read_table(path), str(path))

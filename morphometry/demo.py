@@ -4,7 +4,8 @@ Stages, each the real command: simulate a cohort with planted ageing on the embe
 anatomy (``simulate-cohort``), segment it with the shipped starter models for every method they
 support (``segment``), evaluate against the truth label maps (``evaluate``), fit ageing to the
 segmented volumes and to the true volumes side by side (``fit-ageing``; the true volumes are the
-method ``truth``), and write the report (``report``).
+method ``truth``), and write the report (``report``) with the planted population curves drawn over
+every method's recovered trajectory.
 """
 
 from __future__ import annotations
@@ -124,6 +125,6 @@ def run(args: argparse.Namespace) -> int:
     report = out / "report.html"
     _stage("report", ["report", "-o", str(report), "--volumes", str(seg / "volumes.parquet"), "--covariates",
                       str(cohort / "manifest.csv"), "--ageing", str(ageing), "--evaluation", str(evaluation),
-                      "--title", "morphometry demo: simulated cohort with planted ageing"])
+                      "--planted", str(cohort / "planted_trajectories.csv"), "--title", "morphometry demo: simulated cohort with planted ageing"])
     print(f"report: {report.resolve()}")
     return 0

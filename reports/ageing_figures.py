@@ -5,7 +5,8 @@ Inputs are the ``trajectories.parquet`` and ``adjusted_volumes.parquet`` tables 
 can redraw them from a results folder. Scatter: covariate-adjusted volumes (trajectory +
 residual); lines: trajectories at the reference spacing, sexes averaged; shading: pointwise
 bootstrap bands; outliers (|residual| > 3 robust SD) drawn as crosses and counted per panel
-(the scan count N is in the title).
+(the scan count N is in the title). A known truth (the planted curves of a simulated cohort,
+columns structure, age_years, volume_mm3) can be overlaid as a dashed black line.
 """
 
 from __future__ import annotations
@@ -69,10 +70,23 @@ def _draw_panel(ax, traj: pd.DataFrame, points: pd.DataFrame, method: str, scatt
     ax.plot(traj["age_years"], traj["estimate"], color="black" if scatter else colour, linewidth=1.2)
 
 
+PLANTED_STYLE = {"color": "black", "linestyle": (0, (3, 2)), "linewidth": 1.1}
+
+
+def _draw_planted(ax, planted: pd.DataFrame | None, structure: str, ages: pd.Series) -> None:
+    """The known curve of ``structure`` over the trajectory's age range, if one is given."""
+    if planted is None or ages.empty:
+        return
+    part = planted[(planted["structure"] == structure) & planted["age_years"].between(ages.min(), ages.max())]
+    if not part.empty:
+        ax.plot(part["age_years"], part["volume_mm3"], label="planted truth", **PLANTED_STYLE)
+
+
 def trajectory_figure(trajectories: pd.DataFrame, adjusted: pd.DataFrame, structures, methods=None,
-                      title: str | None = None) -> Figure:
+                      title: str | None = None, planted: pd.DataFrame | None = None) -> Figure:
     """Fig. 6 / S6 layout: one row per structure, one column per method (scatter + trajectory),
-    and a last column overlaying all methods' trajectories with their bands."""
+    and a last column overlaying all methods' trajectories with their bands; ``planted`` curves
+    (mm^3) are drawn dashed in every panel."""
     traj = trajectories[trajectories["quantity"] == "trajectory"]
     methods = method_order(methods or traj["method"].unique())
     units = traj["units"].iloc[0]
@@ -87,6 +101,7 @@ def trajectory_figure(trajectories: pd.DataFrame, adjusted: pd.DataFrame, struct
                 ax = axes[r, c]
                 pts = pts_s[pts_s["method"] == m]
                 _draw_panel(ax, traj[(traj["structure"] == s) & (traj["method"] == m)], pts, m, True)
+                _draw_planted(ax, planted, s, traj["age_years"])
                 counts = f"{int(pts['outlier'].sum())} outliers"
                 ax.set_title(f"{m}\n{counts}" if r == 0 else counts, fontsize=8)
                 if limits:
@@ -96,6 +111,7 @@ def trajectory_figure(trajectories: pd.DataFrame, adjusted: pd.DataFrame, struct
                 ax = axes[r, -1]
                 for m in methods:
                     _draw_panel(ax, traj[(traj["structure"] == s) & (traj["method"] == m)], pts_s.iloc[:0], m, False)
+                _draw_planted(ax, planted, s, traj["age_years"])
                 if r == 0:
                     ax.set_title("all methods", fontsize=8)
                 if limits:  # the same range as the scatter panels, not the bands' extremes
@@ -104,6 +120,8 @@ def trajectory_figure(trajectories: pd.DataFrame, adjusted: pd.DataFrame, struct
             axes[r, 0].annotate(_label(s), xy=(0, 0.5), xycoords="axes fraction", xytext=(-48, 0),
                                 textcoords="offset points", rotation=90, ha="center", va="center",
                                 fontweight="bold")
+        if planted is not None and axes[0, 0].get_legend_handles_labels()[0]:
+            fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", frameon=False)
         if title:
             fig.suptitle(title)
     return fig

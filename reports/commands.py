@@ -19,6 +19,9 @@ def register(sub) -> None:
     p.add_argument("--covariates", type=Path, help="CSV with age and sex (joined on scan_id or subject_id)")
     p.add_argument("--structures", nargs="+", default=(),
                    help="structures of the Fig. 6 panel (default: hippocampus, lateral_ventricle, ... when fitted)")
+    p.add_argument("--planted", type=Path, default=None,
+                   help="known curves to draw in Fig. 6 (CSV: structure, age_years, volume_mm3; "
+                        "simulate-cohort's planted_trajectories.csv)")
     p.add_argument("--title", default="morphometry report", help="page title")
     p.set_defaults(func=run)
 
@@ -27,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from reports.report import ReportInputs, build_report
 
     inputs = ReportInputs(tuple(args.volumes), args.ageing, args.evaluation, args.covariates,
-                          tuple(args.structures), args.title)
+                          tuple(args.structures), planted=args.planted, title=args.title)
     path = build_report(inputs, args.out)
     print(f"report written to {path.resolve()}", file=sys.stderr)
     return 0

@@ -34,7 +34,27 @@ class ReportInputs:
     evaluation: Path | None = None
     covariates: Path | None = None
     structures: tuple[str, ...] = ()  # structures of Fig. 6 (default: a few of PREFERRED_STRUCTURES)
+    planted: Path | None = None  # known curves (structure, age_years, volume_mm3) drawn in Fig. 6
     title: str = "morphometry report"
+
+
+PLANTED_COLUMNS = ("structure", "age_years", "volume_mm3")
+
+
+def read_planted(path: Path) -> pd.DataFrame:
+    """Known population curves (simulate-cohort's planted_trajectories.csv); InputError naming the
+    file when a column is missing or a value is not a number."""
+    table = read_table(path)
+    missing = [c for c in PLANTED_COLUMNS if c not in table.columns]
+    if missing:
+        raise InputError(f"{path}: planted curves need the column(s) {', '.join(missing)}")
+    for column in ("age_years", "volume_mm3"):
+        values = pd.to_numeric(table[column], errors="coerce")
+        if values.isna().any():
+            raise InputError(f"{path}: column {column} has a missing or non-numeric value in row "
+                             f"{int(values.isna().to_numpy().argmax()) + 2}")
+        table[column] = values
+    return table
 
 
 def _need(path: Path, name: str) -> Path:
@@ -144,10 +164,15 @@ class ReportBuilder:
         missing = [s for s in self.inputs.structures if s not in available]
         if missing:
             raise InputError(f"{folder}: structures not in the ageing fit: {', '.join(missing)}")
+        planted = read_planted(Path(self.inputs.planted)) if self.inputs.planted else None
+        if planted is not None and traj["units"].iloc[0] != "mm^3":
+            self.page.paragraph(f"The planted curves (mm^3) are not drawn: this fit is in {traj['units'].iloc[0]}.", "note")
+            planted = None
         name = "fig_s6_trajectories" if where else "fig6_trajectories"
-        self._figure(trajectory_figure(traj, adjusted, structures), name,
+        self._figure(trajectory_figure(traj, adjusted, structures, planted=planted), name,
                      ("Fig. S6" if where else "Fig. 6") + " style: covariate-adjusted volumes and fitted trajectories "
-                     "(pointwise 95% bootstrap bands) per method; crosses are outliers.")
+                     "(pointwise 95% bootstrap bands) per method; crosses are outliers"
+                     + ("; dashed: the planted truth (sexes averaged)." if planted is not None else "."))
         methods = method_order(summary["method"].unique())
         segmented = [m for m in methods if m != "truth"]
         s5 = segmented[0] if segmented else methods[0]

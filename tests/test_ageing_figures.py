@@ -7,6 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.colors import to_hex
 
@@ -35,6 +36,22 @@ def test_trajectory_figure_layout_and_units(tables):
     assert axes[-1].get_xlabel() == "Age (years)"
     line_colours = {to_hex(line.get_color()) for line in axes[2].get_lines()}
     assert line_colours == {method_colour("synthseg+"), method_colour("synthseg")}
+
+
+def test_planted_curves_drawn_dashed_in_every_panel_of_their_structure(tables):
+    traj, adjusted = tables
+    ages = np.arange(0.0, 120.0, 0.5)  # wider than the fit: clipped to the trajectories' ages
+    planted = pd.DataFrame({"structure": "hippocampus", "age_years": ages, "volume_mm3": 8000.0 - 10 * ages})
+    fig = trajectory_figure(traj, adjusted, ["hippocampus", "csf"], planted=planted)
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    for i, ax in enumerate(axes):
+        dashed = [line for line in ax.get_lines() if line.get_label() == "planted truth"]
+        assert len(dashed) == (1 if i < 3 else 0)  # the hippocampus row only
+        if dashed:
+            x, y = dashed[0].get_data()
+            assert x.min() >= traj["age_years"].min() and x.max() <= traj["age_years"].max()
+            np.testing.assert_allclose(y, 8000.0 - 10 * np.asarray(x))
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["planted truth"]
 
 
 def test_structure_grid_hides_unused_panels(tables):

@@ -31,4 +31,7 @@ def test_quick_demo_end_to_end(tmp_path):
     assert (traj.query("quantity == 'difference'")["reference_method"] == "truth").all()
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 4 and ">Ageing trajectories<" in page
+    assert "dashed: the planted truth" in page
+    planted = pd.read_csv(out / "cohort" / "planted_trajectories.csv")
+    assert {"hippocampus", "lateral_ventricle"} <= set(planted["structure"])
     assert json.loads((out / "segment" / "provenance.json").read_text())["bundle"]["model_id"]

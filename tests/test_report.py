@@ -78,6 +78,25 @@ def test_report_has_every_section_and_figure_files(report_inputs):
                        "fig_s3_cohort.pdf", "fig_s3_cohort.png", "fig_s5_synthsegplus.pdf", "fig_s5_synthsegplus.png"]
 
 
+def test_report_draws_planted_curves_and_rejects_bad_ones(report_inputs, tmp_path, capsys):
+    root, seg, cov, ageing, evaluation = report_inputs
+    planted = tmp_path / "planted.csv"
+    ages = np.arange(20.0, 90.5, 0.5)
+    pd.DataFrame({"structure": "hippocampus", "age_years": ages, "volume_mm3": 8000.0}).to_csv(planted, index=False)
+    out = tmp_path / "p.html"
+    assert main(["report", "-o", str(out), "--ageing", str(ageing), "--planted", str(planted)]) == 0
+    assert "dashed: the planted truth" in out.read_text()
+    pd.DataFrame({"structure": ["hippocampus"], "age": [20.0]}).to_csv(planted, index=False)
+    assert main(["report", "-o", str(out), "--ageing", str(ageing), "--planted", str(planted)]) == 2
+    assert f"{planted}: planted curves need the column(s) age_years, volume_mm3" in capsys.readouterr().err
+    pd.DataFrame({"structure": ["hippocampus"] * 2, "age_years": [20.0, 21.0], "volume_mm3": ["1", "x"]}) \
+        .to_csv(planted, index=False)
+    assert main(["report", "-o", str(out), "--ageing", str(ageing), "--planted", str(planted)]) == 2
+    assert "column volume_mm3 has a missing or non-numeric value in row 3" in capsys.readouterr().err
+    assert main(["report", "-o", str(out), "--ageing", str(ageing), "--planted", str(tmp_path / "none.csv")]) == 2
+    assert "none.csv: file not found" in capsys.readouterr().err
+
+
 def test_report_errors(report_inputs, tmp_path, capsys):
     root, seg, cov, ageing, evaluation = report_inputs
     assert main(["report", "-o", str(tmp_path / "r.html")]) == 2

@@ -103,6 +103,28 @@ def test_simulated_cohort_outputs(tmp_path, coarse_anatomy):
         for name in (*STRUCTURES, TOTAL_INTRACRANIAL):  # within 1 %, or half a voxel for tiny structures
             assert abs(row[name] - planted[name]) <= max(0.01 * planted[name], 0.5 * voxel_mm3), name
 
+    # planted population curve: the equal-weight mean over sexes of the sex-mean subject curves
+    curves = pd.read_csv(out / "planted_trajectories.csv")
+    assert curves["age_years"].min() == 20 and curves["age_years"].max() == 90
+    for age in (20.0, 47.5, 83.0):
+        at = curves[curves["age_years"] == age].set_index("structure")["volume_mm3"]
+        by_sex = [np.mean([model.volumes(base[list(STRUCTURES)].to_dict(), age, sex)["left_hippocampus"]
+                           for _, base in part.iterrows()]) for sex, part in subjects.groupby("sex")]
+        assert at["left_hippocampus"] == pytest.approx(np.mean(by_sex), rel=1e-9)
+        assert at["hippocampus"] == pytest.approx(at["left_hippocampus"] + at["right_hippocampus"], rel=1e-12)
+        assert at[TOTAL_INTRACRANIAL] == pytest.approx(subjects[TOTAL_INTRACRANIAL].groupby(subjects["sex"]).mean().mean(),
+                                                       rel=1e-9)
+
+
+def test_population_curve_formula():
+    model = PlantedAgeing()
+    base = {s: 1000.0 for s in STRUCTURES}
+    curves = model.population_curves({"F": base, "M": {s: 2000.0 for s in STRUCTURES}}, [20.0, 70.0])
+    np.testing.assert_allclose(curves["left_hippocampus"][0], 1500.0)  # reference age: the mean base volume
+    f = -0.010 * 5 - 0.040 * 1.0  # hippocampus at 70: a (50 years) + b (10 years past the knee)
+    np.testing.assert_allclose(curves["left_hippocampus"][1], 0.5 * (1000 * np.exp(f) + 2000 * np.exp(1.15 * f)))
+    np.testing.assert_allclose(curves[TOTAL_INTRACRANIAL], 1500.0 * len(STRUCTURES))
+
 
 @needs_atlas
 def test_same_seed_gives_identical_cohorts(tmp_path, coarse_anatomy):

@@ -143,3 +143,48 @@ def test_evaluate_a_trained_bundle(maps_dir, tmp_path):
     values = [v for v in result["dice"]["synthseg"]["t1-1mm"] if v is not None]
     assert values and all(0 <= v <= 1 for v in values)
     assert set(result["stage_seconds_per_scan"]) >= {"synthseg"}
+
+
+def test_batchnorm_recalibration_averages_the_examples_statistics(maps_dir):
+    from segment.training.data import DataConfig, ExampleSource, load_maps, split_label_maps
+    from segment.training.train import RECALIBRATION_STREAM, recalibrate_batchnorm
+    from segment.training.unet_torch import UNet
+
+    config = _config(maps_dir, recalibration_examples=3)
+    train_paths, _ = split_label_maps(config.label_maps, config.held_out)
+    source = ExampleSource(load_maps(train_paths, 2.0, config.brain_margin_mm), DataConfig("s1", 16, 2.0))
+    model = UNet(config.spec())
+    seen = []
+    model.norms["bn_down_0"].register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach()))
+    recalibrate_batchnorm(model, source, config, torch.device("cpu"))
+    # independently: the first batch norm's input does not depend on any normalisation statistics
+    expected = [model.convs["conv_downarm_0_1"](model.convs["conv_downarm_0_0"](torch.from_numpy(
+        source.example(np.random.default_rng([config.seed, RECALIBRATION_STREAM, i]))[0][None])))
+        for i in range(3)]
+    for got, want in zip(seen, expected):
+        torch.testing.assert_close(got, want.detach())
+    norm = model.norms["bn_down_0"]
+    means = torch.stack([x.mean((0, 2, 3, 4)) for x in expected]).mean(0)
+    variances = torch.stack([x.var((0, 2, 3, 4), unbiased=True) for x in expected]).mean(0)
+    torch.testing.assert_close(norm.running_mean, means.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(norm.running_var, variances.detach(), rtol=1e-5, atol=1e-6)
+    assert norm.momentum == model.norms["bn_up_0"].momentum == 0.01  # restored after recalibration
+
+
+def test_init_starts_from_another_runs_weights(maps_dir, tmp_path):
+    first = tmp_path / "first"
+    train(_config(maps_dir), first, log=lambda m: None)
+    tuned = tmp_path / "tuned"
+    train(_config(maps_dir, crop=32, steps=1, lr=0.0, init=str(first)), tuned, log=lambda m: None)
+    a, b = load_run(first).model.state_dict(), load_run(tuned).model.state_dict()
+    for name in a:
+        if "norms" not in name:  # lr 0 keeps the weights; the batch-norm statistics are recalibrated
+            torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+    card = load_run(tuned).card()["initialised_from"]
+    assert card["run"] == str(first) and card["steps"] == 2 and card["crop"] == 16
+    with pytest.raises(InputError, match="differs from this run's"):
+        train(_config(maps_dir, width=4, init=str(first)), tmp_path / "wider", log=lambda m: None)
+    with pytest.raises(InputError, match="no checkpoint"):
+        (tmp_path / "empty").mkdir()
+        (tmp_path / "empty" / "config.json").write_text((first / "config.json").read_text())
+        train(_config(maps_dir, init=str(tmp_path / "empty")), tmp_path / "x", log=lambda m: None)

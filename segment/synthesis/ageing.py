@@ -31,7 +31,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from morphometry.errors import DataError
-from morphometry.labels import STRUCTURES, SYNTHSEG_2, TOTAL_INTRACRANIAL, bilateral_name
+from morphometry.labels import BILATERAL_STRUCTURES, STRUCTURES, SYNTHSEG_2, TOTAL_INTRACRANIAL, bilateral_name
 from segment.synthesis.generation_labels import GENERATION_LABELS
 
 CSF = 24
@@ -98,6 +98,20 @@ class PlantedAgeing:
                for s in STRUCTURES if s != "csf"}
         out["csf"] = icv - sum(out.values())
         out[TOTAL_INTRACRANIAL] = icv
+        return out
+
+    def population_curves(self, mean_base: Mapping[str, Mapping[str, float]], ages) -> dict[str, np.ndarray]:
+        """The planted mean volume (mm^3) at ``ages`` (years) of every structure, of
+        ``total_intracranial`` and of the left + right sums (bilateral names), averaged with equal
+        weights over the sexes in ``mean_base`` (sex -> mean base volumes of that sex's subjects):
+        the quantity a sex-averaged ageing fit of the cohort estimates. ``volumes`` is linear in
+        the base volumes, so the mean of the subjects' curves is the curve of the mean base."""
+        ages = np.asarray(ages, dtype=float)
+        per_sex = [[self.volumes(base, float(a), sex) for a in ages] for sex, base in mean_base.items()]
+        names = [*STRUCTURES, TOTAL_INTRACRANIAL]
+        out = {n: np.mean([[v[n] for v in curve] for curve in per_sex], axis=0) for n in names}
+        for name, (left, right) in BILATERAL_STRUCTURES.items():
+            out[name] = out[left] + out[right]
         return out
 
     def to_json(self) -> dict:

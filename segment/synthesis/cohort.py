@@ -8,7 +8,8 @@ aged with :func:`segment.synthesis.ageing.age_label_map` to the planted volumes,
 (SynthSeg 2.0 labels) written to ``truth/``, then 1..``max_protocols`` acquisitions written to
 ``scans/``. Outputs: ``manifest.csv``, ``truth_volumes.parquet`` and ``.csv`` (VolumesTable schema,
 method "truth", one row per scan), ``subjects.csv`` (sex, head scale and base volumes in mm^3 of
-each subject) and ``planted_ageing.json``.
+each subject), ``planted_ageing.json`` and ``planted_trajectories.csv`` (the planted population
+curve of every structure: structure, age_years, volume_mm3, on a half-year grid).
 """
 
 from __future__ import annotations
@@ -164,6 +165,16 @@ def _axcodes(affine: np.ndarray) -> tuple[str, ...]:
     return nib.aff2axcodes(affine)
 
 
+def planted_trajectories(config: CohortConfig, subjects: pd.DataFrame) -> pd.DataFrame:
+    """Long table (structure, age_years, volume_mm3) of the planted population curves of a cohort
+    whose ``subjects`` table has the sex and base volumes of every subject."""
+    ages = np.arange(config.min_age, config.max_age + 0.25, 0.5)
+    mean_base = {sex: part[[*STRUCTURES]].mean().to_dict() for sex, part in subjects.groupby("sex")}
+    curves = config.ageing.population_curves(mean_base, ages)
+    return pd.DataFrame({"structure": np.repeat(list(curves), len(ages)), "age_years": np.tile(ages, len(curves)),
+                         "volume_mm3": np.concatenate(list(curves.values()))})
+
+
 def _write_outputs(out: Path, config: CohortConfig, anatomy: Anatomy, manifest: list, truth_rows: list,
                    subject_rows: list) -> None:
     def csv(name: str, df: pd.DataFrame) -> None:
@@ -175,6 +186,7 @@ def _write_outputs(out: Path, config: CohortConfig, anatomy: Anatomy, manifest: 
     csv("truth_volumes.csv", truth)
     csv("subjects.csv", pd.DataFrame(subject_rows)[["subject_id", "sex", "head_scale", TOTAL_INTRACRANIAL, *STRUCTURES]])
     csv("manifest.csv", pd.DataFrame(manifest))
+    csv("planted_trajectories.csv", planted_trajectories(config, pd.DataFrame(subject_rows)))
     planted = {"model": config.ageing.to_json(), "seed": config.seed, "anatomy": anatomy.source,
                "voxel_size_mm": anatomy.voxel_size, "subjects": config.subjects,
                "sessions_per_subject": config.sessions_per_subject,

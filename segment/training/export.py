@@ -45,10 +45,27 @@ class TrainedRun:
     val_dice: float | None
 
     def card(self) -> dict:
-        return {"run": self.path.name, "config": asdict(self.config), "architecture": asdict(self.config.spec()),
-                "steps": self.step, "training_time_s": round(self.elapsed_s, 1), "hardware": self.hardware,
-                "train_maps": self.train_maps, "held_out_maps": self.held_out_maps,
-                "final_validation_dice": self.val_dice}
+        out = {"run": self.path.name, "config": asdict(self.config), "architecture": asdict(self.config.spec()),
+               "steps": self.step, "training_time_s": round(self.elapsed_s, 1), "hardware": self.hardware,
+               "train_maps": self.train_maps, "held_out_maps": self.held_out_maps,
+               "final_validation_dice": self.val_dice}
+        if self.config.init:
+            out["initialised_from"] = _initialisation(self.config.init)
+        return out
+
+
+def _initialisation(run_dir: str) -> dict:
+    """Steps, time and hardware of the run (and, recursively, its own start) whose weights
+    started a fine-tuning run; only the path when that folder is gone."""
+    try:
+        run = load_run(run_dir)
+    except InputError:
+        return {"run": run_dir, "note": "run folder not available at export"}
+    out = {"run": run_dir, "steps": run.step, "training_time_s": round(run.elapsed_s, 1), "hardware": run.hardware,
+           "crop": run.config.crop}
+    if run.config.init:
+        out["initialised_from"] = _initialisation(run.config.init)
+    return out
 
 
 def _last_val_dice(log_path: Path, step: int) -> float | None:

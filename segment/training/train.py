@@ -38,6 +38,7 @@ from segment.training.unet_torch import UNet
 
 D_VARIANTS = ("paper", "official")
 VALIDATION_STREAM = 2**31  # seed-sequence entry of the validation examples (steps stay below it)
+RECALIBRATION_STREAM = 2**31 + 1  # and of the batch-norm recalibration examples
 KEEP_CHECKPOINTS = 3
 LOG_FIELDS = ("step", "loss", "val_dice", "elapsed_s")
 
@@ -66,6 +67,8 @@ class TrainConfig:
     bn_momentum: float = 0.01
     d_variant: str = "paper"
     previous: str | None = None  # run folder of the network D / D_all corrects (S1 / SynthSeg)
+    init: str | None = None  # run folder whose last weights start this run (fine-tuning)
+    recalibration_examples: int = 32  # examples whose batch statistics become BN's running ones at the end
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -156,6 +159,39 @@ def validate(model: UNet, examples, device: torch.device) -> float:
     return float(np.mean(scores)) if scores else float("nan")
 
 
+def recalibrate_batchnorm(model: UNet, source: ExampleSource, config: TrainConfig, device: torch.device) -> None:
+    """Replace every batch norm's running mean and variance by their plain averages over
+    ``recalibration_examples`` fresh training examples (forward passes in training mode, no
+    gradient). The exponential averages that training keeps, with one example per batch, trail
+    the moving weights and are noisy; inference (and validation) use these running statistics."""
+    n = config.recalibration_examples
+    if n < 1:
+        return
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    with torch.no_grad():
+        for i in range(n):
+            x, _ = source.example(np.random.default_rng([config.seed, RECALIBRATION_STREAM, i]))
+            model(torch.from_numpy(x[None]).to(device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+
+
+def _initial_weights(config: TrainConfig, model: UNet, device: torch.device) -> None:
+    """Load the last weights of the run ``config.init`` (same architecture) into ``model``."""
+    ckpt = latest_checkpoint(config.init)
+    if ckpt is None:
+        raise InputError(f"--init {config.init}: no checkpoint in {Path(config.init) / 'checkpoints'}")
+    source = load_config(config.init)
+    if source.spec() != config.spec():
+        raise InputError(f"--init {config.init}: its network ({source.role}, width {source.width}, "
+                         f"{source.levels} levels) differs from this run's")
+    model.load_state_dict(torch.load(ckpt, map_location=device, weights_only=False)["model"])
+
+
 def _truncate_log(path: Path, last_step: int) -> None:
     """Drop log rows written after the checkpoint a resumed run restarts from."""
     if not path.is_file():
@@ -220,6 +256,9 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, log=pr
         torch.set_rng_state(state["torch_rng"])
         start, elapsed = state["step"] + 1, state["elapsed_s"]
         log(f"resuming {run_dir} at step {start}")
+    elif config.init:
+        _initial_weights(config, model, device)
+        log(f"starting from the weights of {config.init}")
     log_path = run_dir / "log.csv"
     _truncate_log(log_path, start - 1)
     if start > config.steps:
@@ -251,6 +290,8 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, log=pr
             scaler.scale(loss).backward()
             scaler.step(optimiser)
             scaler.update()
+            if step == config.steps:
+                recalibrate_batchnorm(model, source, config, device)
             now = time.perf_counter()
             elapsed, tick = elapsed + now - tick, now
             loss_value = float(loss.detach())

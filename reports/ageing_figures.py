@@ -120,8 +120,9 @@ def trajectory_figure(trajectories: pd.DataFrame, adjusted: pd.DataFrame, struct
             axes[r, 0].annotate(_label(s), xy=(0, 0.5), xycoords="axes fraction", xytext=(-48, 0),
                                 textcoords="offset points", rotation=90, ha="center", va="center",
                                 fontweight="bold")
-        if planted is not None and axes[0, 0].get_legend_handles_labels()[0]:
-            fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", frameon=False)
+        drawn = [line for ax in axes.flat for line in ax.get_lines() if line.get_label() == "planted truth"]
+        if drawn:
+            fig.legend(drawn[:1], ["planted truth"], loc="outside lower center", frameon=False)
         if title:
             fig.suptitle(title)
     return fig

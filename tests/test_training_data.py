@@ -134,3 +134,22 @@ def test_denoiser_needs_the_previous_network(maps_dir):
         ExampleSource(maps, DataConfig("d", crop=16))
     with pytest.raises(InputError, match="unknown role"):
         DataConfig("s3")
+
+
+def test_denoiser_examples_from_the_generator_images(maps_dir):
+    from segment import stages
+    from segment.networks import UNetSpec, random_weights, unet_model
+    from segment.training.data import GROUP_LUT
+
+    spec = UNetSpec(1, 5, features=2, levels=2)
+    previous = stages.tissue_stage(unet_model(spec, random_weights(spec, np.random.default_rng(0)), "s1"))
+    maps = load_maps(split_label_maps(maps_dir, 1)[0], 2.0)
+    source = ExampleSource(maps, DataConfig("d", crop=16, resolution_mm=2.0, d_inputs="generator"),
+                           previous.SerializeToString())
+    x, y = source.example(np.random.default_rng([5, 1, 0]))
+    sample = source.generator.sample(np.random.default_rng([5, 1, 0]))  # independently: S1 on that image
+    np.testing.assert_array_equal(x, source._run_previous(sample.image))
+    np.testing.assert_array_equal(y, GROUP_LUT[sample.target])
+    assert set(np.unique(x)) <= {0.0, 1.0} and np.all(x.sum(0) == 1)  # S1's one-hot output
+    with pytest.raises(InputError, match="--d-inputs 'real'"):
+        DataConfig("d", d_inputs="real")

@@ -35,6 +35,9 @@ OPTIONS = {
     "--bn-momentum": ("bn_momentum", float, "batch-norm running-average momentum (default: 0.01 = Keras 0.99)"),
     "--d-variant": ("d_variant", str, "D/D_all architecture: paper (light) or official (default: paper)"),
     "--previous": ("previous", str, "run folder of the trained S1 (for d) or SynthSeg (for d-all)"),
+    "--d-inputs": ("d_inputs", str, "images whose S1 / SynthSeg outputs D / D_all learn to correct: degraded "
+                   "(the paper's wide degradation priors) or generator (the images S1 / SynthSeg trained on; "
+                   "default: degraded)"),
     "--init": ("init", str, "run folder whose last weights start this run (fine-tuning; same network)"),
     "--recalibration-examples": ("recalibration_examples", int, "training examples whose batch statistics "
                                  "replace the batch-norm running averages after the last step (default: 32)"),

@@ -18,6 +18,10 @@ Per role (inputs (C, X, Y, Z) float32, targets channel indices):
   input = that one-hot, target = tissue groups of the jointly deformed truth.
 - ``d_all``: the same with the trained SynthSeg network's inference stage (flip averaging,
   smoothing) and 33 labels.
+- With ``d_inputs="generator"``, D and D_all instead see the previous network's outputs on the
+  generator's own images (the distribution it was trained on): for a weak S1 / SynthSeg, whose
+  outputs on widely degraded images carry no information, D then learns to correct its typical
+  errors.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from segment.synthesis.priors import (
 )
 
 ROLES = ("s1", "d", "s2", "synthseg", "d_all")
+D_INPUTS = ("degraded", "generator")
 N_TISSUE = 5
 N_LABELS = len(SYNTHSEG_2.labels)
 MAP_SUFFIXES = (".nii", ".nii.gz", ".mgz")
@@ -169,10 +174,13 @@ class DataConfig:
     role: str
     crop: int = 48
     resolution_mm: float = 2.0
+    d_inputs: str = "degraded"  # images D / D_all see through the previous network: degraded | generator
 
     def __post_init__(self):
         if self.role not in ROLES:
             raise InputError(f"unknown role {self.role!r} (choose from {', '.join(ROLES)})")
+        if self.d_inputs not in D_INPUTS:
+            raise InputError(f"--d-inputs {self.d_inputs!r}: choose {' or '.join(D_INPUTS)}")
 
 
 class ExampleSource:
@@ -191,7 +199,10 @@ class ExampleSource:
         self._session = None
         r = config.resolution_mm
         crop = (config.crop,) * 3
-        if config.role in ("d", "d_all"):
+        self.degradation = None
+        if config.role in ("d", "d_all") and config.d_inputs == "generator":
+            gen = GeneratorConfig("synthseg", crop, scaled_generator_priors(GeneratorPriors(), r))
+        elif config.role in ("d", "d_all"):
             base = GeneratorPriors()
             clean = replace(base, resolution=replace(base.resolution, p_full_resolution=1.0))
             gen = GeneratorConfig("synthseg", crop, scaled_generator_priors(clean, r))
@@ -226,12 +237,16 @@ class ExampleSource:
             return sample.image[None], CHANNEL_LUT[sample.target]
         if role == "s2":
             return np.concatenate([sample.image[None], sample.tissue_maps]), CHANNEL_LUT[sample.target]
-        pair = degrade(sample.image, sample.target, rng, self.degradation)
-        out = self._run_previous(np.clip(pair.image, 0, None) / max(float(pair.image.max()), 1e-6))
+        if self.degradation is None:
+            image, labels = sample.image, sample.target
+        else:
+            pair = degrade(sample.image, sample.target, rng, self.degradation)
+            image, labels = np.clip(pair.image, 0, None) / max(float(pair.image.max()), 1e-6), pair.labels
+        out = self._run_previous(image)
         if role == "d":
-            return out.astype(np.float32), GROUP_LUT[pair.labels]
+            return out.astype(np.float32), GROUP_LUT[labels]
         onehot = (np.arange(N_LABELS)[:, None, None, None] == out.argmax(0)[None]).astype(np.float32)
-        return onehot, CHANNEL_LUT[pair.labels]
+        return onehot, CHANNEL_LUT[labels]
 
 
 def example_rng(seed: int, step: int, item: int) -> np.random.Generator:

@@ -25,6 +25,7 @@ import torch
 from morphometry.errors import InputError
 from segment.networks import UNetSpec
 from segment.training.data import (
+    D_INPUTS,
     ROLES,
     DataConfig,
     ExampleSource,
@@ -67,12 +68,15 @@ class TrainConfig:
     bn_momentum: float = 0.01
     d_variant: str = "paper"
     previous: str | None = None  # run folder of the network D / D_all corrects (S1 / SynthSeg)
+    d_inputs: str = "degraded"  # D / D_all learn from the previous network on degraded | generator images
     init: str | None = None  # run folder whose last weights start this run (fine-tuning)
     recalibration_examples: int = 32  # examples whose batch statistics become BN's running ones at the end
 
     def __post_init__(self):
         if self.role not in ROLES:
             raise InputError(f"unknown role {self.role!r} (choose from {', '.join(ROLES)})")
+        if self.d_inputs not in D_INPUTS:
+            raise InputError(f"--d-inputs {self.d_inputs!r}: choose {' or '.join(D_INPUTS)}")
         if self.d_variant not in D_VARIANTS:
             raise InputError(f"--d-variant {self.d_variant!r}: choose {' or '.join(D_VARIANTS)}")
         if self.steps < 1 or self.batch_size < 1 or self.width < 1 or self.levels < 2:
@@ -265,7 +269,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, log=pr
         return ckpt_path  # type: ignore[return-value]
 
     train_paths, val_paths = split_label_maps(config.label_maps, config.held_out)
-    data = DataConfig(config.role, config.crop, config.resolution_mm)
+    data = DataConfig(config.role, config.crop, config.resolution_mm, config.d_inputs)
     previous = previous_stage(config)
     margin = config.brain_margin_mm
     source = ExampleSource(load_maps(train_paths, config.resolution_mm, margin), data, previous)

@@ -6,7 +6,8 @@ per step: loss; every ``validate_every`` steps the mean Dice over the foreground
 synthetic examples drawn from the held-out label maps). Because batch ``s`` is a pure function
 of (seed, s) (:mod:`segment.training.data`), ``--resume`` continues from the last checkpoint with
 exactly the data the uninterrupted run would have seen. On a CUDA device the forward pass runs
-under float16 autocast with a gradient scaler; on the CPU in float32.
+under float16 autocast with a gradient scaler; on the CPU in float32. Weights and batches use the
+channels-last-3d memory format (about 20 % faster per step on the CPU at 64^3, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ VALIDATION_STREAM = 2**31  # seed-sequence entry of the validation examples (ste
 RECALIBRATION_STREAM = 2**31 + 1  # and of the batch-norm recalibration examples
 KEEP_CHECKPOINTS = 3
 LOG_FIELDS = ("step", "loss", "val_dice", "elapsed_s")
+MEMORY_FORMAT = torch.channels_last_3d
 
 
 @dataclass(frozen=True)
@@ -248,7 +250,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, log=pr
     save_config(config, run_dir)
     device = choose_device()
     torch.manual_seed(config.seed)
-    model = UNet(config.spec(), config.bn_momentum).to(device)
+    model = UNet(config.spec(), config.bn_momentum).to(device, memory_format=MEMORY_FORMAT)
     optimiser = _make_optimiser(model, config)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     start, elapsed = 1, 0.0
@@ -286,7 +288,8 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, log=pr
         for step, x, y in batches(source, config.seed, start, config.steps, config.batch_size, config.workers):
             if config.wl2_steps and step == config.wl2_steps + 1:
                 optimiser = _make_optimiser(model, config)  # the original restarts Adam after wl2
-            xb, yb = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+            xb = torch.from_numpy(x).to(device, memory_format=MEMORY_FORMAT)
+            yb = torch.from_numpy(y).to(device)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=device.type == "cuda"):
                 logits = model(xb)
             loss = wl2_loss(logits, yb) if step <= config.wl2_steps else soft_dice_loss(logits, yb)

@@ -10,6 +10,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'morphometry[train]')")
 ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed")
 
+from morphometry.errors import InputError
 from segment.networks import UNetSpec, unet_model
 from segment.training.losses import hard_dice, one_hot, soft_dice_loss, wl2_loss
 from segment.training.unet_torch import UNet, keras_weights
@@ -131,3 +132,19 @@ def test_d_variants_follow_the_paper_and_the_release():
     assert (paper.convs_per_level, paper.multiplier, paper.skips_removed, paper.kernel) == (1, 1, 2, 3)
     official = TrainConfig(role="d_all", label_maps="x", width=16, levels=5, crop=32, d_variant="official").spec()
     assert official == replace(UNetSpec(33, 33, features=16, kernel=5, skips_removed=2))
+
+
+def test_d_skips_removed_sets_the_finest_scale_of_d():
+    """One missing skip in a 4-level D: only the last decoder step (back to full resolution) lacks
+    its skip, so that step's convolution sees the upsampled features alone."""
+    from segment.training.train import TrainConfig
+    from segment.training.unet_torch import UNet
+
+    spec = TrainConfig(role="d", label_maps="x", width=4, levels=4, crop=32, d_skips_removed=1).spec()
+    assert [spec.keeps_skip(s) for s in range(3)] == [True, True, False]
+    model = UNet(spec)
+    assert model.convs["conv_uparm_5_0"].conv.in_channels == 8  # skip (4) + upsampled (4)
+    assert model.convs["conv_uparm_6_0"].conv.in_channels == 4  # upsampled only
+    assert model(torch.zeros(1, 5, 16, 16, 16)).shape == (1, 5, 16, 16, 16)
+    with pytest.raises(InputError, match="choose 0 to 3"):
+        TrainConfig(role="d", label_maps="x", levels=4, crop=32, d_skips_removed=4)

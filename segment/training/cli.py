@@ -34,6 +34,8 @@ OPTIONS = {
     "--wl2-steps": ("wl2_steps", int, "weighted-L2 warm-up steps before soft Dice (default: 0)"),
     "--bn-momentum": ("bn_momentum", float, "batch-norm running-average momentum (default: 0.01 = Keras 0.99)"),
     "--d-variant": ("d_variant", str, "D/D_all architecture: paper (light) or official (default: paper)"),
+    "--d-skips-removed": ("d_skips_removed", int, "D/D_all decoder steps without a skip at the finest levels "
+                          "(default: 2, the paper's at 1 mm; 1 keeps the same 4 mm scale at 2 mm)"),
     "--previous": ("previous", str, "run folder of the trained S1 (for d) or SynthSeg (for d-all)"),
     "--d-inputs": ("d_inputs", str, "images whose S1 / SynthSeg outputs D / D_all learn to correct: degraded "
                    "(the paper's wide degradation priors) or generator (the images S1 / SynthSeg trained on; "

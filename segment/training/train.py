@@ -69,6 +69,7 @@ class TrainConfig:
     wl2_steps: int = 0
     bn_momentum: float = 0.01
     d_variant: str = "paper"
+    d_skips_removed: int = 2  # D / D_all decoder steps without a skip at the finest levels (paper: 2 at 1 mm)
     previous: str | None = None  # run folder of the network D / D_all corrects (S1 / SynthSeg)
     d_inputs: str = "degraded"  # D / D_all learn from the previous network on degraded | generator images
     init: str | None = None  # run folder whose last weights start this run (fine-tuning)
@@ -83,6 +84,9 @@ class TrainConfig:
             raise InputError(f"--d-variant {self.d_variant!r}: choose {' or '.join(D_VARIANTS)}")
         if self.steps < 1 or self.batch_size < 1 or self.width < 1 or self.levels < 2:
             raise InputError("--steps, --batch-size and --width must be >= 1 and --levels >= 2")
+        if not 0 <= self.d_skips_removed < self.levels:
+            raise InputError(f"--d-skips-removed {self.d_skips_removed}: choose 0 to {self.levels - 1} "
+                             f"(a {self.levels}-level network has {self.levels - 1} skips)")
         if self.crop % 2 ** (self.levels - 1):
             raise InputError(f"--crop {self.crop} must be a multiple of {2 ** (self.levels - 1)} "
                              f"(2^(levels-1) for {self.levels} levels)")
@@ -90,13 +94,15 @@ class TrainConfig:
     def spec(self) -> UNetSpec:
         """The network: S1/S2/SynthSeg U-Nets with ``width`` features doubling per level; D and
         D_all the paper's light denoiser (one conv per level, constant width, no skips at the top
-        two levels) or the official release's (5^3 kernels, two convs, doubling widths)."""
+        two levels by default) or the official release's (5^3 kernels, two convs, doubling widths).
+        The paper's two missing skips at 1 mm leave D no detail finer than 4 mm; at a 2 mm working
+        grid one missing skip keeps that scale."""
         c_in, c_out = role_channels(self.role)
         spec = UNetSpec(c_in, c_out, features=self.width, levels=self.levels)
         if self.role in ("d", "d_all"):
             if self.d_variant == "paper":
-                return replace(spec, convs_per_level=1, multiplier=1, skips_removed=2)
-            return replace(spec, kernel=5, skips_removed=2)
+                return replace(spec, convs_per_level=1, multiplier=1, skips_removed=self.d_skips_removed)
+            return replace(spec, kernel=5, skips_removed=self.d_skips_removed)
         return spec
 
 

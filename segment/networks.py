@@ -94,8 +94,9 @@ def random_weights(spec, rng: np.random.Generator, relu: bool = False) -> Weight
     return {k: tuple(np.asarray(a, np.float32) for a in v) for k, v in weights.items()}
 
 
-def check_weights(spec: UNetSpec, weights: Weights) -> None:
-    """Raise ValueError naming the first layer whose weights are missing or mis-shaped."""
+def check_weights(spec, weights: Weights) -> None:
+    """Raise ValueError naming the first layer whose weights are missing or mis-shaped; ``spec`` is
+    any network description with ``layer_shapes()`` (a :class:`UNetSpec` or a QC regressor's)."""
     for name, shapes in spec.layer_shapes().items():
         if name not in weights:
             raise ValueError(f"layer {name}: missing")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from segment.networks import GraphBuilder, Weights, make_model
+from segment.networks import GraphBuilder, Weights, check_weights, make_model
 
 QC_TAPS = ("bn_down", "maxpool", "final_conv_0", "final_conv_1")  # intermediate outputs on request
 
@@ -64,20 +64,10 @@ class QCSpec:
         return sum(int(np.prod(s)) for arrays in self.layer_shapes().values() for s in arrays)
 
 
-def check_qc_weights(spec: QCSpec, weights: Weights) -> None:
-    """Raise ValueError naming the first layer whose weights are missing or mis-shaped."""
-    for name, shapes in spec.layer_shapes().items():
-        if name not in weights:
-            raise ValueError(f"layer {name}: missing")
-        got = tuple(tuple(a.shape) for a in weights[name])
-        if got != shapes:
-            raise ValueError(f"layer {name}: weight shapes {got}, expected {shapes}")
-
-
 def add_qc(g: GraphBuilder, x: str, spec: QCSpec, weights: Weights) -> tuple[str, dict[str, str]]:
     """Append the regressor reading tensor ``x`` (N, C_in, X, Y, Z); return the scores (N, n_outputs)
     and the intermediate tensors named in QC_TAPS (the last level's batch norm and max pool)."""
-    check_qc_weights(spec, weights)
+    check_weights(spec, weights)
     t = x
     taps: dict[str, str] = {}
     for lev in range(spec.levels):

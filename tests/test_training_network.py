@@ -146,5 +146,5 @@ def test_d_skips_removed_sets_the_finest_scale_of_d():
     assert model.convs["conv_uparm_5_0"].conv.in_channels == 8  # skip (4) + upsampled (4)
     assert model.convs["conv_uparm_6_0"].conv.in_channels == 4  # upsampled only
     assert model(torch.zeros(1, 5, 16, 16, 16)).shape == (1, 5, 16, 16, 16)
-    with pytest.raises(InputError, match="choose 0 to 3"):
-        TrainConfig(role="d", label_maps="x", levels=4, crop=32, d_skips_removed=4)
+    with pytest.raises(InputError, match="must be >= 0"):
+        TrainConfig(role="d", label_maps="x", levels=4, crop=32, d_skips_removed=-1)

@@ -69,7 +69,8 @@ class TrainConfig:
     wl2_steps: int = 0
     bn_momentum: float = 0.01
     d_variant: str = "paper"
-    d_skips_removed: int = 2  # D / D_all decoder steps without a skip at the finest levels (paper: 2 at 1 mm)
+    d_skips_removed: int = 2  # D / D_all decoder steps without a skip at the finest levels (paper: 2 at 1 mm;
+    # more than the levels - 1 skips removes them all)
     previous: str | None = None  # run folder of the network D / D_all corrects (S1 / SynthSeg)
     d_inputs: str = "degraded"  # D / D_all learn from the previous network on degraded | generator images
     init: str | None = None  # run folder whose last weights start this run (fine-tuning)
@@ -84,9 +85,8 @@ class TrainConfig:
             raise InputError(f"--d-variant {self.d_variant!r}: choose {' or '.join(D_VARIANTS)}")
         if self.steps < 1 or self.batch_size < 1 or self.width < 1 or self.levels < 2:
             raise InputError("--steps, --batch-size and --width must be >= 1 and --levels >= 2")
-        if not 0 <= self.d_skips_removed < self.levels:
-            raise InputError(f"--d-skips-removed {self.d_skips_removed}: choose 0 to {self.levels - 1} "
-                             f"(a {self.levels}-level network has {self.levels - 1} skips)")
+        if self.d_skips_removed < 0:
+            raise InputError(f"--d-skips-removed {self.d_skips_removed}: must be >= 0")
         if self.crop % 2 ** (self.levels - 1):
             raise InputError(f"--crop {self.crop} must be a multiple of {2 ** (self.levels - 1)} "
                              f"(2^(levels-1) for {self.levels} levels)")

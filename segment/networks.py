@@ -105,6 +105,23 @@ def check_weights(spec, weights: Weights) -> None:
             raise ValueError(f"layer {name}: weight shapes {got}, expected {shapes}")
 
 
+def read_weights(model: onnx.ModelProto, spec: UNetSpec) -> Weights:
+    """The Keras-layout weights of a network built by :func:`unet_model` (inverse of its naming:
+    ``{layer}/W`` (C_out, C_in, k, k, k), ``{layer}/B``, ``{bn}/gamma|beta|mean|var``), in float32."""
+    arrays = {t.name: numpy_helper.to_array(t).astype(np.float32) for t in model.graph.initializer}
+    weights: Weights = {}
+    try:
+        for name in spec.layer_shapes():
+            if name.startswith("bn_"):
+                weights[name] = tuple(arrays[f"{name}/{n}"] for n in ("gamma", "beta", "mean", "var"))
+            else:
+                weights[name] = (np.ascontiguousarray(arrays[f"{name}/W"].transpose(2, 3, 4, 1, 0)), arrays[f"{name}/B"])
+    except KeyError as exc:
+        raise ValueError(f"no initializer {exc.args[0]!r}: not a network built by morphometry") from None
+    check_weights(spec, weights)
+    return weights
+
+
 class GraphBuilder:
     """Collects nodes and initialisers under a name prefix, so graphs can be composed."""
 

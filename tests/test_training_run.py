@@ -188,3 +188,29 @@ def test_init_starts_from_another_runs_weights(maps_dir, tmp_path):
         (tmp_path / "empty").mkdir()
         (tmp_path / "empty" / "config.json").write_text((first / "config.json").read_text())
         train(_config(maps_dir, init=str(tmp_path / "empty")), tmp_path / "x", log=lambda m: None)
+
+
+def test_init_from_a_bundle_takes_its_network_of_the_same_role(maps_dir, tmp_path):
+    first = tmp_path / "first"
+    train(_config(maps_dir), first, log=lambda m: None)
+    bundle = tmp_path / "bundle"
+    export_bundle([first], bundle, "tiny-v1")
+    tuned = tmp_path / "tuned"
+    frozen = dict(steps=1, lr=0.0, bn_momentum=0.0, recalibration_examples=0)  # one step that changes nothing
+    train(_config(maps_dir, init=str(bundle), **frozen), tuned, log=lambda m: None)
+    a, b = load_run(first).model.state_dict(), load_run(tuned).model.state_dict()
+    for name in a:  # through ONNX and back: bit-exact, batch-norm statistics included
+        if not name.endswith("num_batches_tracked"):
+            torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+    card = load_run(tuned).card()["initialised_from"]
+    assert card["bundle"] == str(bundle) and card["model_id"] == "tiny-v1" and card["steps"] == 2
+    assert card["sha256"] == load_bundle(bundle).networks["s1"].sha256 and card["crop"] == 16
+    with pytest.raises(InputError, match="differs from this run's"):
+        train(_config(maps_dir, width=4, init=str(bundle)), tmp_path / "wider", log=lambda m: None)
+    with pytest.raises(InputError, match="has no synthseg network"):
+        train(_config(maps_dir, role="synthseg", init=str(bundle)), tmp_path / "other", log=lambda m: None)
+    with pytest.raises(InputError, match="works at 2 mm, this run at 3 mm"):
+        train(_config(maps_dir, resolution_mm=3.0, init=str(bundle)), tmp_path / "coarse", log=lambda m: None)
+    (bundle / "s1.onnx").write_bytes(b"not a network")
+    with pytest.raises(InputError, match="does not match its sha256"):
+        train(_config(maps_dir, init=str(bundle)), tmp_path / "broken", log=lambda m: None)

@@ -40,7 +40,8 @@ OPTIONS = {
     "--d-inputs": ("d_inputs", str, "images whose S1 / SynthSeg outputs D / D_all learn to correct: degraded "
                    "(the paper's wide degradation priors) or generator (the images S1 / SynthSeg trained on; "
                    "default: degraded)"),
-    "--init": ("init", str, "run folder whose last weights start this run (fine-tuning; same network)"),
+    "--init": ("init", str, "run folder (its last weights) or model bundle (its network of this role) that starts this "
+              "run (fine-tuning; same network)"),
     "--recalibration-examples": ("recalibration_examples", int, "training examples whose batch statistics "
                                  "replace the batch-norm running averages after the last step (default: 32)"),
 }

@@ -21,7 +21,7 @@ import torch
 from morphometry.errors import InputError
 from morphometry.labels import SYNTHSEG_2
 from segment import stages
-from segment.bundle import TISSUE_LABELS, Bundle, write_bundle
+from segment.bundle import TISSUE_LABELS, Bundle, load_bundle, write_bundle
 from segment.networks import unet_model
 from segment.training.train import TrainConfig, latest_checkpoint, load_config
 from segment.training.unet_torch import UNet, keras_weights
@@ -50,21 +50,30 @@ class TrainedRun:
                "train_maps": self.train_maps, "held_out_maps": self.held_out_maps,
                "final_validation_dice": self.val_dice}
         if self.config.init:
-            out["initialised_from"] = _initialisation(self.config.init)
+            out["initialised_from"] = _initialisation(self.config.init, self.config.role)
         return out
 
 
-def _initialisation(run_dir: str) -> dict:
-    """Steps, time and hardware of the run (and, recursively, its own start) whose weights
-    started a fine-tuning run; only the path when that folder is gone."""
+def _initialisation(source: str, role: str) -> dict:
+    """Steps, time and hardware behind the weights that started a fine-tuning run, recursively: a
+    run folder's own record, or the model card of the bundle network (``source`` and ``role``);
+    only the path when that folder is gone."""
+    if (Path(source) / "bundle.json").is_file():
+        bundle = load_bundle(source)
+        card = bundle.provenance.get("networks", {}).get(role, {})
+        out = {"bundle": source, "model_id": bundle.model_id, "sha256": bundle.networks[role].sha256}
+        out.update({k: card[k] for k in ("steps", "training_time_s", "hardware", "initialised_from") if k in card})
+        if "crop" in card.get("config", {}):
+            out["crop"] = card["config"]["crop"]
+        return out
     try:
-        run = load_run(run_dir)
+        run = load_run(source)
     except InputError:
-        return {"run": run_dir, "note": "run folder not available at export"}
-    out = {"run": run_dir, "steps": run.step, "training_time_s": round(run.elapsed_s, 1), "hardware": run.hardware,
+        return {"run": source, "note": "run folder not available at export"}
+    out = {"run": source, "steps": run.step, "training_time_s": round(run.elapsed_s, 1), "hardware": run.hardware,
            "crop": run.config.crop}
     if run.config.init:
-        out["initialised_from"] = _initialisation(run.config.init)
+        out["initialised_from"] = _initialisation(run.config.init, role)
     return out
 
 

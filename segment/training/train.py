@@ -21,10 +21,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
-from morphometry.errors import InputError
-from segment.networks import UNetSpec
+from morphometry.errors import InputError, ModelError
+from segment.bundle import load_bundle, verify_bundle
+from segment.networks import UNetSpec, Weights, read_weights
 from segment.training.data import (
     D_INPUTS,
     ROLES,
@@ -36,7 +38,7 @@ from segment.training.data import (
     split_label_maps,
 )
 from segment.training.losses import hard_dice, soft_dice_loss, wl2_loss
-from segment.training.unet_torch import UNet
+from segment.training.unet_torch import UNet, load_keras_weights
 
 D_VARIANTS = ("paper", "official")
 VALIDATION_STREAM = 2**31  # seed-sequence entry of the validation examples (steps stay below it)
@@ -73,7 +75,7 @@ class TrainConfig:
     # more than the levels - 1 skips removes them all)
     previous: str | None = None  # run folder of the network D / D_all corrects (S1 / SynthSeg)
     d_inputs: str = "degraded"  # D / D_all learn from the previous network on degraded | generator images
-    init: str | None = None  # run folder whose last weights start this run (fine-tuning)
+    init: str | None = None  # run folder or model bundle whose weights start this run (fine-tuning)
     recalibration_examples: int = 32  # examples whose batch statistics become BN's running ones at the end
 
     def __post_init__(self):
@@ -193,7 +195,11 @@ def recalibrate_batchnorm(model: UNet, source: ExampleSource, config: TrainConfi
 
 
 def _initial_weights(config: TrainConfig, model: UNet, device: torch.device) -> None:
-    """Load the last weights of the run ``config.init`` (same architecture) into ``model``."""
+    """Load into ``model`` the last weights of the run folder ``config.init``, or the network of
+    this role in the model bundle ``config.init``; either must have this run's architecture."""
+    if (Path(config.init) / "bundle.json").is_file():
+        load_keras_weights(model, _bundle_weights(config))
+        return
     ckpt = latest_checkpoint(config.init)
     if ckpt is None:
         raise InputError(f"--init {config.init}: no checkpoint in {Path(config.init) / 'checkpoints'}")
@@ -202,6 +208,31 @@ def _initial_weights(config: TrainConfig, model: UNet, device: torch.device) -> 
         raise InputError(f"--init {config.init}: its network ({source.role}, width {source.width}, "
                          f"{source.levels} levels) differs from this run's")
     model.load_state_dict(torch.load(ckpt, map_location=device, weights_only=False)["model"])
+
+
+def _bundle_weights(config: TrainConfig) -> Weights:
+    """The weights of the network of this run's role in the bundle ``config.init``."""
+    where = f"--init {config.init}"
+    try:
+        bundle = load_bundle(config.init)
+    except ModelError as exc:
+        raise InputError(f"{where}: {exc}") from None
+    net = bundle.networks.get(config.role)
+    if net is None:
+        raise InputError(f"{where}: the bundle has no {config.role} network (it has {', '.join(bundle.networks)})")
+    problems = verify_bundle(bundle, (config.role,))
+    if problems:
+        raise InputError(f"{where}: {'; '.join(problems)}")
+    if bundle.resolution_mm != config.resolution_mm:
+        raise InputError(f"{where}: the bundle works at {bundle.resolution_mm:g} mm, this run at "
+                         f"{config.resolution_mm:g} mm")
+    try:
+        spec = UNetSpec(**net.architecture)
+        if spec != config.spec():
+            raise InputError(f"{where}: its {config.role} network ({spec}) differs from this run's ({config.spec()})")
+        return read_weights(onnx.load(str(bundle.path(config.role))), spec)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{where}: cannot read its {config.role} weights ({exc})") from None
 
 
 def _truncate_log(path: Path, last_step: int) -> None:

@@ -80,3 +80,19 @@ def keras_weights(model: UNet) -> Weights:
         out[name] = (as_np(bn.weight), as_np(bn.bias), as_np(bn.running_mean), as_np(bn.running_var))
     out["likelihood"] = (_kernel(model.likelihood), as_np(model.likelihood.bias))
     return out
+
+
+def load_keras_weights(model: UNet, weights: Weights) -> None:
+    """Copy a Keras-layout weight dictionary (inverse of :func:`keras_weights`) into ``model``."""
+    as_t = lambda a, like: torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(like.device)
+    with torch.no_grad():
+        for name, block in model.convs.items():
+            kernel, bias = weights[name]
+            block.conv.weight.copy_(as_t(kernel.transpose(4, 3, 0, 1, 2), block.conv.weight))
+            block.conv.bias.copy_(as_t(bias, block.conv.bias))
+        for name, bn in model.norms.items():
+            for target, array in zip((bn.weight, bn.bias, bn.running_mean, bn.running_var), weights[name]):
+                target.copy_(as_t(array, target))
+        kernel, bias = weights["likelihood"]
+        model.likelihood.weight.copy_(as_t(kernel.transpose(4, 3, 0, 1, 2), model.likelihood.weight))
+        model.likelihood.bias.copy_(as_t(bias, model.likelihood.bias))

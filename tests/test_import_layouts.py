@@ -15,7 +15,7 @@ from morphometry.errors import InputError, ModelError
 from segment.keras_import import (KINDS, import_keras, infer_qc, infer_unet, read_keras_h5,
                                   write_keras_h5)
 from segment.keras_import_cli import KIND_CHOICES, register
-from segment.networks import OFFICIAL_SPECS, UNetSpec, random_weights
+from segment.networks import OFFICIAL_SPECS, UNetSpec, random_weights, read_weights, unet_model
 from segment.qcnet import QCSpec
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "keras-reference"
@@ -282,3 +282,16 @@ def test_import_keras_command(tmp_path, capsys):
     assert "bundle official-test written" in out and "synthseg+" in out and "--qc" in out
     with pytest.raises(SystemExit):
         parser.parse_args(["import-keras", "x.h5", "-o", "b", "--kind", "robust+"])
+
+
+@pytest.mark.parametrize("spec", [OFFICIAL_SPECS["d"], UNetSpec(in_channels=1, n_labels=5, features=4, levels=3)])
+def test_weights_read_back_from_a_built_graph(spec):
+    weights = random_weights(spec, np.random.default_rng(3))
+    back = read_weights(unet_model(spec, weights), spec)
+    assert back.keys() == weights.keys()
+    for name, arrays in weights.items():
+        for a, b in zip(arrays, back[name], strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+    other = replace(spec, levels=spec.levels + 1)
+    with pytest.raises(ValueError, match="no initializer 'conv_downarm_"):
+        read_weights(unet_model(spec, weights), other)

@@ -56,12 +56,13 @@ class TrainedRun:
 
 def _initialisation(source: str, role: str) -> dict:
     """Steps, time and hardware behind the weights that started a fine-tuning run, recursively: a
-    run folder's own record, or the model card of the bundle network (``source`` and ``role``);
-    only the path when that folder is gone."""
+    run folder's own record, or the model card of the bundle network (``source`` and ``role``), as
+    they are at export; only the path when neither is there any more."""
     if (Path(source) / "bundle.json").is_file():
         bundle = load_bundle(source)
         card = bundle.provenance.get("networks", {}).get(role, {})
-        out = {"bundle": source, "model_id": bundle.model_id, "sha256": bundle.networks[role].sha256}
+        net = bundle.networks.get(role)
+        out = {"bundle": source, "model_id": bundle.model_id, "sha256": net.sha256 if net else None}
         out.update({k: card[k] for k in ("steps", "training_time_s", "hardware", "initialised_from") if k in card})
         if "crop" in card.get("config", {}):
             out["crop"] = card["config"]["crop"]
@@ -69,7 +70,7 @@ def _initialisation(source: str, role: str) -> dict:
     try:
         run = load_run(source)
     except InputError:
-        return {"run": source, "note": "run folder not available at export"}
+        return {"run": source, "note": "neither a run folder nor a bundle at export"}
     out = {"run": source, "steps": run.step, "training_time_s": round(run.elapsed_s, 1), "hardware": run.hardware,
            "crop": run.config.crop}
     if run.config.init:

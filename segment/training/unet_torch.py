@@ -82,17 +82,22 @@ def keras_weights(model: UNet) -> Weights:
     return out
 
 
+def _copy(target: torch.Tensor, array: np.ndarray) -> None:
+    target.copy_(torch.from_numpy(np.ascontiguousarray(array, np.float32)).to(target.device))
+
+
+def _set_conv(conv: nn.Conv3d, kernel: np.ndarray, bias: np.ndarray) -> None:
+    """Keras (kD, kH, kW, C_in, C_out) -> PyTorch (C_out, C_in, kD, kH, kW); inverse of :func:`_kernel`."""
+    _copy(conv.weight, kernel.transpose(4, 3, 0, 1, 2))
+    _copy(conv.bias, bias)
+
+
 def load_keras_weights(model: UNet, weights: Weights) -> None:
     """Copy a Keras-layout weight dictionary (inverse of :func:`keras_weights`) into ``model``."""
-    as_t = lambda a, like: torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(like.device)
     with torch.no_grad():
         for name, block in model.convs.items():
-            kernel, bias = weights[name]
-            block.conv.weight.copy_(as_t(kernel.transpose(4, 3, 0, 1, 2), block.conv.weight))
-            block.conv.bias.copy_(as_t(bias, block.conv.bias))
+            _set_conv(block.conv, *weights[name])
         for name, bn in model.norms.items():
             for target, array in zip((bn.weight, bn.bias, bn.running_mean, bn.running_var), weights[name]):
-                target.copy_(as_t(array, target))
-        kernel, bias = weights["likelihood"]
-        model.likelihood.weight.copy_(as_t(kernel.transpose(4, 3, 0, 1, 2), model.likelihood.weight))
-        model.likelihood.bias.copy_(as_t(bias, model.likelihood.bias))
+                _copy(target, array)
+        _set_conv(model.likelihood, *weights["likelihood"])

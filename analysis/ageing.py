@@ -13,7 +13,7 @@ For scan i of structure volume y_i (mm^3, or a fraction of total intracranial vo
   medians of the fitted table); ``male`` is 1 for male and 0 for female, centred at 1/2, so
   ``sum_k beta_k B_k(age)`` is the trajectory at the reference spacing, averaged over sexes.
 - Soft monotonicity: ``lambda * sum_k max(0, -d (beta_{k+1} - beta_k))`` in units of the volume
-  SD (see :mod:`analysis.splines`), ``d`` from the structure's direction; ``auto`` takes the sign
+  SD (see :mod:`morphometry.analysis.splines`), ``d`` from the structure's direction; ``auto`` takes the sign
   of the Spearman correlation of volume with age.
 - Fit by L-BFGS-B from the least-squares solution. Standard errors are cluster-robust by subject
   (sandwich, small-sample factor G/(G-1) (n-1)/(n-k)), computed on the design with the increments
@@ -31,7 +31,7 @@ import pandas as pd
 from scipy import sparse, stats
 from threadpoolctl import threadpool_limits
 
-from analysis.splines import (DIRECTIONS, PenaltySettings, SplineBasis, least_squares,
+from morphometry.analysis.splines import (DIRECTIONS, PenaltySettings, SplineBasis, least_squares,
                               solve_patterns, solve_penalised, wrong_sign_increments)
 from morphometry.errors import DataError, InputError
 from morphometry.labels import BILATERAL_STRUCTURES, STRUCTURES, TOTAL_INTRACRANIAL, bilateral_name

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.ageing import AgeingBootstrap, AgeingFit
+from morphometry.analysis.ageing import AgeingBootstrap, AgeingFit
 from morphometry.tables import atomic_write, write_parquet
 
 OUTPUT_FILES = ("coefficients.csv", "trajectories.parquet", "summary.csv", "outliers.csv",

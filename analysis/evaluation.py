@@ -4,7 +4,7 @@ Predictions (``<scan_id>_<method>`` label images, as ``morpho segment`` writes t
 are paired with references (``<scan_id>`` label images or a manifest) by ``scan_id``. When the two
 maps live on different voxel grids, one is resampled into the other's grid through their affines
 with nearest neighbour (:class:`EvaluationConfig.grid` chooses which grid). The metrics are those
-of :mod:`analysis.metrics`; scans are then grouped by a quality-control outcome (from a user
+of :mod:`morphometry.analysis.metrics`; scans are then grouped by a quality-control outcome (from a user
 table, or from a reference method's mean Dice) and summarised per method x group x structure.
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from analysis import metrics
+from morphometry.analysis import metrics
 from morphometry.errors import DataError, InputError
 from morphometry.io import IMAGE_SUFFIXES, is_image_path, strip_image_suffix
 from morphometry.labels import PARCELLATION_LABELS, SEGMENTATION_LABELS, STRUCTURES
@@ -72,7 +72,7 @@ class EvaluationConfig:
 
     ``grid``: the voxel grid metrics are computed on (``reference`` or ``prediction``); the other
     map is resampled into it with nearest neighbour. ``msd_mode``: ``mean_of_means`` or
-    ``pooled`` (see :mod:`analysis.metrics`). ``labels``: ``synthseg`` (the 32 SynthSeg 2.0
+    ``pooled`` (see :mod:`morphometry.analysis.metrics`). ``labels``: ``synthseg`` (the 32 SynthSeg 2.0
     structures), ``present`` (every non-zero value found in either map) or explicit values.
     """
 

@@ -252,7 +252,7 @@ def propagate_session(session: Session, out_dir: Path, config: RegistrationConfi
     import nibabel as nib
     import SimpleITK as sitk
 
-    from analysis.evaluation import load_labels
+    from morphometry.analysis.evaluation import load_labels
     from morphometry.io import load_scan
 
     try:

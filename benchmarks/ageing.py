@@ -1,7 +1,7 @@
 """Benchmark of ``AgeingModel``: full fit and subject bootstrap on a synthetic cohort.
 
 Cohort: 10,000 scans (about 2 scans per subject), 33 structures (total_intracranial + the 32
-table columns), 5 methods, drawn from :class:`analysis.ageing.PlantedAgeing`. Goals on 2 cores:
+table columns), 5 methods, drawn from :class:`morphometry.analysis.ageing.PlantedAgeing`. Goals on 2 cores:
 the full fit (33 x 5 = 165 fits, no bootstrap) under 10 s; 1,000 bootstrap replicates of one
 structure under 10 s. Prints medians over ``--repeats`` runs.
 
@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from analysis.ageing import AgeingModel, AgeingSpec, PlantedAgeing, simulate_ageing_table
+from morphometry.analysis.ageing import AgeingModel, AgeingSpec, PlantedAgeing, simulate_ageing_table
 from morphometry.labels import STRUCTURES, TOTAL_INTRACRANIAL
 
 METHODS = ("synthseg+", "s1+s2", "synthseg", "synthseg+d", "s1+s2+d")

@@ -24,8 +24,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from analysis import evaluation as ev
-from analysis.metrics import label_metrics
+from morphometry.analysis import evaluation as ev
+from morphometry.analysis.metrics import label_metrics
 from morphometry.labels import SYNTHSEG_2
 
 LABEL_MAPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "label-maps"

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from segment import stages
-from segment.keras_import import import_keras, write_keras_h5
-from segment.networks import OFFICIAL_SPECS, random_weights
+from morphometry.segment import stages
+from morphometry.segment.keras_import import import_keras, write_keras_h5
+from morphometry.segment.networks import OFFICIAL_SPECS, random_weights
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "keras-reference"
 FIXTURE_FILES = ("robust_weights.h5", "robust_full.h5", "synthseg_weights.h5", "parc_weights.h5", "qc_weights.h5")

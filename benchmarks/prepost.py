@@ -1,4 +1,4 @@
-"""Median seconds of segment.preprocess and segment.postprocess on synthetic scans.
+"""Median seconds of morphometry.segment.preprocess and morphometry.segment.postprocess on synthetic scans.
 
 Scans: a 1 mm 256^3 head (no resampling), a 0.8 mm 288^3 head (resampled to 1 mm) and a 6 mm
 axial clinical scan of 256 x 256 x 25 voxels of 0.9 x 0.9 x 6 mm (resampled to 1 mm). Posteriors:
@@ -21,8 +21,8 @@ import numpy as np
 from morphometry.io import Scan, ScanInfo
 from morphometry.labels import SYNTHSEG_2
 from morphometry.orientation import ras_alignment
-from segment.postprocess import PostprocessConfig, postprocess, to_native
-from segment.preprocess import PreprocessConfig, preprocess
+from morphometry.segment.postprocess import PostprocessConfig, postprocess, to_native
+from morphometry.segment.preprocess import PreprocessConfig, preprocess
 
 
 def synthetic_scan(shape, zooms, rng: np.random.Generator) -> Scan:

@@ -30,7 +30,7 @@ def phantom(shape, spacing, rng) -> nib.Nifti1Image:
 
 def main() -> None:
     from morphometry.cli import main as morpho
-    from segment.random_bundle import random_bundle
+    from morphometry.segment.random_bundle import random_bundle
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--method", action="append", default=None)

@@ -24,12 +24,12 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from segment.synthesis.anatomy import default_anatomy  # noqa: E402
-from segment.synthesis.cohort import CohortConfig, simulate_cohort  # noqa: E402
-from segment.synthesis.degradation import degrade  # noqa: E402
-from segment.synthesis.generation_labels import GENERATION_LABELS  # noqa: E402
-from segment.synthesis.generator import GeneratorConfig, SyntheticGenerator  # noqa: E402
-from segment.synthesis.labelmaps import load_label_map  # noqa: E402
+from morphometry.segment.synthesis.anatomy import default_anatomy  # noqa: E402
+from morphometry.segment.synthesis.cohort import CohortConfig, simulate_cohort  # noqa: E402
+from morphometry.segment.synthesis.degradation import degrade  # noqa: E402
+from morphometry.segment.synthesis.generation_labels import GENERATION_LABELS  # noqa: E402
+from morphometry.segment.synthesis.generator import GeneratorConfig, SyntheticGenerator  # noqa: E402
+from morphometry.segment.synthesis.labelmaps import load_label_map  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "label-maps" / "training_seg_01.nii.gz"
 

@@ -41,16 +41,16 @@ def timed(fn, repeats: int) -> tuple[float, float]:
 def bench_training(args) -> None:
     import torch
 
-    from segment.training.data import (
+    from morphometry.segment.training.data import (
         DataConfig,
         ExampleSource,
         load_maps,
         split_label_maps,
     )
-    from segment.training.export import inference_stage
-    from segment.training.losses import soft_dice_loss
-    from segment.training.train import TrainConfig
-    from segment.training.unet_torch import UNet
+    from morphometry.segment.training.export import inference_stage
+    from morphometry.segment.training.losses import soft_dice_loss
+    from morphometry.segment.training.train import TrainConfig
+    from morphometry.segment.training.unet_torch import UNet
 
     torch.set_num_threads(1)
     train_paths, _ = split_label_maps(MAPS, 3)
@@ -87,11 +87,11 @@ def bench_training(args) -> None:
 
 
 def bench_inference(args) -> None:
-    from segment.bundle import load_bundle
-    from segment.methods import resolve_methods, supported_methods
-    from segment.runtime import Engine, RuntimeConfig
-    from segment.training.data import load_maps, split_label_maps
-    from segment.training.evaluate import Condition, _pad, render_scan
+    from morphometry.segment.bundle import load_bundle
+    from morphometry.segment.methods import resolve_methods, supported_methods
+    from morphometry.segment.runtime import Engine, RuntimeConfig
+    from morphometry.segment.training.data import load_maps, split_label_maps
+    from morphometry.segment.training.evaluate import Condition, _pad, render_scan
 
     bundle = load_bundle(args.bundle)
     _, held_out = split_label_maps(MAPS, 3)

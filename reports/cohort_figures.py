@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from reports.style import RC_PARAMS
+from morphometry.reports.style import RC_PARAMS
 
 SEX_COLOURS = {"female": "#c44e52", "male": "#4c72b0", "unknown": "#8c8c8c"}
 

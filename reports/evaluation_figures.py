@@ -1,6 +1,6 @@
 """Fig. 5 of the paper: box plots of Dice and MSD per method within each QC group.
 
-Each box holds one value per scan: the scan's mean over structures (``analysis.evaluation.per_scan``).
+Each box holds one value per scan: the scan's mean over structures (``morphometry.analysis.evaluation.per_scan``).
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.evaluation import group_order
-from reports.style import RC_PARAMS, method_colour, method_order, save_figure
+from morphometry.analysis.evaluation import group_order
+from morphometry.reports.style import RC_PARAMS, method_colour, method_order, save_figure
 
 GROUP_TITLES = {"big_fail": "Big fails", "small_fail": "Small fails", "pass": "Passes", "all": "All scans"}
 PANELS = (("mean_dice", "Dice"), ("mean_msd_mm", "MSD (mm)"))

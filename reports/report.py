@@ -18,8 +18,8 @@ import pandas as pd
 from morphometry import __version__
 from morphometry.errors import InputError
 from morphometry.tables import atomic_write, join_covariates, read_metadata, read_table, read_volumes
-from reports.html import Page
-from reports.style import method_order, save_figure
+from morphometry.reports.html import Page
+from morphometry.reports.style import method_order, save_figure
 
 PREFERRED_STRUCTURES = ("hippocampus", "lateral_ventricle", "cerebral_cortex", "cerebral_white_matter",
                         "thalamus", "amygdala")
@@ -103,7 +103,7 @@ class ReportBuilder:
         return volumes
 
     def _cohort(self, volumes: pd.DataFrame) -> None:
-        from reports.cohort_figures import cohort_figure
+        from morphometry.reports.cohort_figures import cohort_figure
 
         scans = volumes.drop_duplicates("scan_id")
         self.page.heading("Cohort")
@@ -133,7 +133,7 @@ class ReportBuilder:
             self.page.table(failures.head(50))
 
     def _evaluation(self, folder: Path) -> None:
-        from reports.evaluation_figures import fig5_boxplots
+        from morphometry.reports.evaluation_figures import fig5_boxplots
 
         scans = read_table(_need(folder, "scans.parquet"))
         self.page.heading("Evaluation against silver standards")
@@ -150,7 +150,7 @@ class ReportBuilder:
         self.page.table(table)
 
     def _ageing(self, folder: Path) -> None:
-        from reports.ageing_figures import structure_grid_figure, trajectory_figure
+        from morphometry.reports.ageing_figures import structure_grid_figure, trajectory_figure
 
         traj = read_table(_need(folder, "trajectories.parquet"))
         adjusted = read_table(_need(folder, "adjusted_volumes.parquet"))

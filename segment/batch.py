@@ -29,12 +29,12 @@ from morphometry.io import LoadLimits, load_scan, save_image
 from morphometry.labels import SYNTHSEG_2
 from morphometry.tables import atomic_write, write_volumes
 from morphometry.volumes import parcel_volumes, qc_scores, soft_volumes
-from segment import journal
-from segment.bundle import Bundle
-from segment.methods import Method
-from segment.postprocess import PostprocessConfig, postprocess, postprocess_parcellation, to_native
-from segment.preprocess import PreprocessConfig, Preprocessed, preprocess
-from segment.runtime import Engine
+from morphometry.segment import journal
+from morphometry.segment.bundle import Bundle
+from morphometry.segment.methods import Method
+from morphometry.segment.postprocess import PostprocessConfig, postprocess, postprocess_parcellation, to_native
+from morphometry.segment.preprocess import PreprocessConfig, Preprocessed, preprocess
+from morphometry.segment.runtime import Engine
 
 
 @dataclass(frozen=True)

@@ -43,9 +43,9 @@ import onnx
 
 from morphometry.errors import InputError, ModelError
 from morphometry.labels import PARCELLATION_LABELS, SYNTHSEG_1, SYNTHSEG_2
-from segment.bundle import TISSUE_LABELS, Bundle, file_sha256, verify_bundle, write_bundle
-from segment.networks import GraphBuilder, UNetSpec, Weights, add_unet, make_model, unet_model
-from segment.qcnet import QCSpec, qc_model
+from morphometry.segment.bundle import TISSUE_LABELS, Bundle, file_sha256, verify_bundle, write_bundle
+from morphometry.segment.networks import GraphBuilder, UNetSpec, Weights, add_unet, make_model, unet_model
+from morphometry.segment.qcnet import QCSpec, qc_model
 
 PREFIXES = ("unet_parc", "unet2", "unet", "l2l", "qc")  # longest first: "unet_parc_x" also starts with "unet_"
 KINDS = {
@@ -374,7 +374,7 @@ def import_keras(files: list[str | Path], out: str | Path, kinds: list[str] | No
                         "labels": {n.role: n.architecture["source_labels"] for n in imported}})
     all_kinds = [k for r in records for k in r["kinds"]]
     digest = hashlib.sha256("".join(r["sha256"] for r in records).encode()).hexdigest()[:12]
-    provenance = {"source": "keras-hdf5", "importer": "segment.keras_import", "files": records,
+    provenance = {"source": "keras-hdf5", "importer": "morphometry.segment.keras_import", "files": records,
                   "labels": {role: labels for role, (_, labels, _) in models.items()}}
     description = "SynthSeg networks imported from Keras HDF5: " + ", ".join(
         f"{r['file']} ({'+'.join(r['kinds'])})" for r in records)

@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from morphometry.errors import ModelError
 from morphometry.labels import PARCELLATION_LABELS, LabelSet
-from segment.preprocess import Preprocessed
+from morphometry.segment.preprocess import Preprocessed
 
 Box = tuple[slice, slice, slice]
 

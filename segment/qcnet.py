@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from segment.networks import GraphBuilder, Weights, check_weights, make_model
+from morphometry.segment.networks import GraphBuilder, Weights, check_weights, make_model
 
 QC_TAPS = ("bn_down", "maxpool", "final_conv_0", "final_conv_1")  # intermediate outputs on request
 

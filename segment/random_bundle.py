@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from morphometry.labels import PARCELLATION_LABELS, SYNTHSEG_2
-from segment.bundle import TISSUE_LABELS, Bundle, write_bundle
-from segment.networks import OFFICIAL_SPECS, random_weights, unet_model
-from segment.qcnet import QCSpec, qc_model
+from morphometry.segment.bundle import TISSUE_LABELS, Bundle, write_bundle
+from morphometry.segment.networks import OFFICIAL_SPECS, random_weights, unet_model
+from morphometry.segment.qcnet import QCSpec, qc_model
 
 SEGMENTATION_ROLES = ("s1", "d", "s2", "synthseg", "d_all")
 LABELS = {

@@ -1,6 +1,6 @@
 """ONNX Runtime execution of method chains, with intermediates kept on the device.
 
-Each stage graph (segment.stages) gets one InferenceSession. Stages are run with I/O binding: the
+Each stage graph (morphometry.segment.stages) gets one InferenceSession. Stages are run with I/O binding: the
 image is uploaded once per scan, each stage's output stays an OrtValue on the device and is bound
 as the next stage's input, and only a method's final posteriors are copied to the host.
 """
@@ -16,9 +16,9 @@ import numpy as np
 import onnx
 
 from morphometry.errors import InputError, ModelError
-from segment import stages
-from segment.bundle import Bundle, require
-from segment.methods import STAGES, Method
+from morphometry.segment import stages
+from morphometry.segment.bundle import Bundle, require
+from morphometry.segment.methods import STAGES, Method
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,8 @@ def _onnxruntime():
     try:
         import onnxruntime
     except ImportError:
-        raise ModelError("ONNX Runtime is not installed: pip install 'morphometry[cpu]' "
-                         "(or 'morphometry[gpu]' on a CUDA machine)") from None
+        raise ModelError("ONNX Runtime is not installed: pip install 'morphometry-mri[cpu]' "
+                         "(or 'morphometry-mri[gpu]' on a CUDA machine)") from None
     return onnxruntime
 
 
@@ -76,7 +76,7 @@ def _to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         from onnxconverter_common import float16
     except ImportError:
-        raise InputError("--fp16 needs onnxconverter-common (pip install 'morphometry[gpu]')") from None
+        raise InputError("--fp16 needs onnxconverter-common (pip install 'morphometry-mri[gpu]')") from None
     return float16.convert_float_to_float16(model, keep_io_types=True)
 
 

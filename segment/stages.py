@@ -1,6 +1,6 @@
 """Stage graphs: a bundle network wrapped with the glue the original graph applies around it.
 
-A method is a chain of stages (segment.methods). Every hand-over between networks (argmax,
+A method is a chain of stages (morphometry.segment.methods). Every hand-over between networks (argmax,
 one-hot, concatenation with the image, flip averaging, smoothing, the QC crop) is a node of these
 graphs, so a chain runs on the device with no round trip through host memory. Stage inputs are
 ``image`` (N, 1, X, Y, Z) and/or ``previous`` (the output of the preceding stage); outputs are
@@ -15,7 +15,7 @@ import onnx
 from onnx import TensorProto, compose, helper
 
 from morphometry.labels import SYNTHSEG_2
-from segment.networks import GraphBuilder, make_model
+from morphometry.segment.networks import GraphBuilder, make_model
 
 SMOOTHING_SIGMA = 0.5  # voxels, posterior smoothing of the non-robust network and of the parcellation
 QC_SIZE = 224  # voxels per axis of the QC network's input

@@ -27,7 +27,7 @@ def save(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory):
-    from segment.random_bundle import random_bundle
+    from morphometry.segment.random_bundle import random_bundle
 
     return random_bundle(tmp_path_factory.mktemp("bundle") / "tiny", features=2, seed=7)
 

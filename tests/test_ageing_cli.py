@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import ageing_cli
-from analysis.ageing import PlantedAgeing, simulate_ageing_table
+from morphometry.cli import fit_ageing as ageing_cli
+from morphometry.analysis.ageing import PlantedAgeing, simulate_ageing_table
 from morphometry.errors import InputError
 from morphometry.labels import STRUCTURES, TOTAL_INTRACRANIAL
 from morphometry.tables import REQUIRED_COLUMNS
@@ -105,7 +105,6 @@ def test_covariate_problems_name_the_file(inputs, tmp_path):
 
 
 def test_morpho_main_prints_one_line(inputs, tmp_path, capsys):
-    pytest.importorskip("segment.commands", reason="the morpho command needs every registered module")
     from morphometry.cli import main
 
     rc = main(["fit-ageing", str(inputs / "volumes.parquet"), "--covariates", str(inputs / "cov.csv"),

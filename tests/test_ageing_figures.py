@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from matplotlib.colors import to_hex
 
-from analysis.ageing import AgeingModel, AgeingSpec, PlantedAgeing, simulate_ageing_table
-from reports.ageing_figures import structure_grid_figure, trajectory_figure, write_ageing_figures
-from reports.style import method_colour
+from morphometry.analysis.ageing import AgeingModel, AgeingSpec, PlantedAgeing, simulate_ageing_table
+from morphometry.reports.ageing_figures import structure_grid_figure, trajectory_figure, write_ageing_figures
+from morphometry.reports.style import method_colour
 
 
 @pytest.fixture(scope="module")

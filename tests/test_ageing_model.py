@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from scipy.optimize import lsq_linear
 
-from analysis.ageing import (AgeingModel, AgeingSpec, PlantedAgeing, change_metrics, parse_sex,
+from morphometry.analysis.ageing import (AgeingModel, AgeingSpec, PlantedAgeing, change_metrics, parse_sex,
                              resolve_structures, simulate_ageing_table)
-from analysis.splines import SplineBasis
+from morphometry.analysis.splines import SplineBasis
 from morphometry.errors import DataError
 from morphometry.labels import STRUCTURES, TOTAL_INTRACRANIAL
 
@@ -214,7 +214,7 @@ def test_missing_volumes_drop_scans_per_structure_and_bootstrap_uses_the_same_ro
     x = fit.design_matrix("synthseg+").to_numpy()
     expected, *_ = np.linalg.lstsq(x[keep], table["right_hippocampus"].to_numpy()[keep], rcond=None)
     np.testing.assert_allclose(fit.fits[("synthseg+", "right_hippocampus")].coef, expected, rtol=1e-8)
-    from analysis.ageing import subject_counts
+    from morphometry.analysis.ageing import subject_counts
 
     boot = fit.bootstrap(3, np.random.default_rng(0))
     counts = subject_counts(len(fit.subjects), 3, np.random.default_rng(0))

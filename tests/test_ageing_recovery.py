@@ -7,9 +7,9 @@ import pytest
 from scipy.optimize import lsq_linear
 from threadpoolctl import threadpool_limits
 
-from analysis.ageing import (AgeingModel, AgeingSpec, PlantedAgeing, simulate_ageing_table,
+from morphometry.analysis.ageing import (AgeingModel, AgeingSpec, PlantedAgeing, simulate_ageing_table,
                              subject_counts)
-from analysis.splines import PenaltySettings, solve_penalised
+from morphometry.analysis.splines import PenaltySettings, solve_penalised
 
 S = "left_hippocampus"
 REF = AgeingSpec(structures=(S,), reference_spacing_mm=(1.0, 1.0, 1.0))

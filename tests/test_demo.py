@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from morphometry.cli import main
-from segment.bundle import load_bundle
-from segment.commands import DEFAULT_BUNDLE
-from segment.methods import supported_methods
+from morphometry.segment.bundle import load_bundle
+from morphometry.segment.models import STARTER_BUNDLE as DEFAULT_BUNDLE
+from morphometry.segment.methods import supported_methods
 
 
 @pytest.mark.slow

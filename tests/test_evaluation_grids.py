@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from analysis.evaluation import (EvaluationConfig, LabelImage, Prediction, Reference, evaluate_pair,
+from morphometry.analysis.evaluation import (EvaluationConfig, LabelImage, Prediction, Reference, evaluate_pair,
                                  load_labels, on_common_grid, resample_nearest)
 from morphometry.errors import DataError
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import evaluation as ev
+from morphometry.analysis import evaluation as ev
 from morphometry.errors import DataError, InputError
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from analysis import metrics
+from morphometry.analysis import metrics
 
 medpy_binary = pytest.importorskip("medpy.metric.binary", reason="MedPy is the independent reference")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segment.methods import resolve_methods
-from segment.runtime import Engine, RuntimeConfig, cuda_works
+from morphometry.segment.methods import resolve_methods
+from morphometry.segment.runtime import Engine, RuntimeConfig, cuda_works
 
 pytestmark = pytest.mark.gpu
 

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from morphometry.labels import SYNTHSEG_1, SYNTHSEG_2
-from segment import stages
-from segment.bundle import load_bundle, verify_bundle
-from segment.keras_import import import_keras
+from morphometry.segment import stages
+from morphometry.segment.bundle import load_bundle, verify_bundle
+from morphometry.segment.keras_import import import_keras
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "keras-reference"
 pytestmark = pytest.mark.skipif(not (FIXTURES / "README.md").is_file(),
@@ -141,8 +141,8 @@ def test_single_network_matches_keras(bundles, shape, kind):
 def test_qc_matches_keras(bundles, shape, tmp_path):
     import onnx
 
-    from segment.keras_import import infer_qc, read_keras_h5
-    from segment.qcnet import qc_model
+    from morphometry.segment.keras_import import infer_qc, read_keras_h5
+    from morphometry.segment.qcnet import qc_model
 
     ref = np.load(FIXTURES / f"qc_{shape}.npz")
     (scores,) = run(bundles["weights"].path("qc"), ref["input"], outputs=("scores",))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -12,11 +11,12 @@ import numpy as np
 import pytest
 
 from morphometry.errors import InputError, ModelError
-from segment.keras_import import (KINDS, import_keras, infer_qc, infer_unet, read_keras_h5,
+from morphometry.segment.keras_import import (KINDS, import_keras, infer_qc, infer_unet, read_keras_h5,
                                   write_keras_h5)
-from segment.keras_import_cli import KIND_CHOICES, register
-from segment.networks import OFFICIAL_SPECS, UNetSpec, random_weights, read_weights, unet_model
-from segment.qcnet import QCSpec
+from morphometry.cli import main
+from morphometry.cli.models import KIND_CHOICES
+from morphometry.segment.networks import OFFICIAL_SPECS, UNetSpec, random_weights, read_weights, unet_model
+from morphometry.segment.qcnet import QCSpec
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "keras-reference"
 needs_fixtures = pytest.mark.skipif(not (FIXTURES / "README.md").is_file(),
@@ -271,17 +271,14 @@ def test_import_keras_command(tmp_path, capsys):
     s2 = random_weights(replace(OFFICIAL_SPECS["s2"], features=2), rng)
     write_keras_h5(tmp_path / "synthseg_robust_2.0.h5", {"unet": s1, "l2l": d, "unet2": s2}, full_model=True)
     write_keras_h5(tmp_path / "synthseg_qc_2.0.h5", {"qc": random_weights(QCSpec(features=2), rng, relu=True)})
-    parser = argparse.ArgumentParser(prog="morpho models")
-    register(parser.add_subparsers(dest="models_command"))
-    args = parser.parse_args(["import-keras", str(tmp_path / "synthseg_robust_2.0.h5"),
-                              str(tmp_path / "synthseg_qc_2.0.h5"), "-o", str(tmp_path / "bundle"),
-                              "--model-id", "official-test"])
-    assert args.func(args) == 0
+    assert main(["models", "import-keras", str(tmp_path / "synthseg_robust_2.0.h5"),
+                 str(tmp_path / "synthseg_qc_2.0.h5"), "-o", str(tmp_path / "bundle"),
+                 "--model-id", "official-test"]) == 0
     out = capsys.readouterr().out
     assert "synthseg_robust_2.0.h5: full-model, robust -> s1, d, s2" in out
     assert "bundle official-test written" in out and "synthseg+" in out and "--qc" in out
     with pytest.raises(SystemExit):
-        parser.parse_args(["import-keras", "x.h5", "-o", "b", "--kind", "robust+"])
+        main(["models", "import-keras", "x.h5", "-o", "b", "--kind", "robust+"])
 
 
 @pytest.mark.parametrize("spec", [OFFICIAL_SPECS["d"], UNetSpec(in_channels=1, n_labels=5, features=4, levels=3)])

@@ -8,7 +8,7 @@ from scipy import ndimage
 
 from morphometry.errors import ModelError
 from morphometry.labels import SYNTHSEG_2
-from segment.postprocess import PostprocessConfig, largest_component, postprocess
+from morphometry.segment.postprocess import PostprocessConfig, largest_component, postprocess
 
 LS = SYNTHSEG_2
 C = LS.n_channels

@@ -11,8 +11,8 @@ import pytest
 from morphometry.io import Scan, ScanInfo
 from morphometry.labels import SYNTHSEG_2
 from morphometry.orientation import ras_alignment
-from segment.postprocess import PostprocessConfig, postprocess, to_native
-from segment.preprocess import PreprocessConfig, preprocess
+from morphometry.segment.postprocess import PostprocessConfig, postprocess, to_native
+from morphometry.segment.preprocess import PreprocessConfig, preprocess
 
 
 def make_scan(data: np.ndarray, affine: np.ndarray) -> Scan:

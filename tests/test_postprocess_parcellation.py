@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from morphometry.errors import ModelError
-from segment.postprocess import PARCELLATION_VALUES, Segmentation, postprocess_parcellation
+from morphometry.segment.postprocess import PARCELLATION_VALUES, Segmentation, postprocess_parcellation
 
 INNER = (slice(2, 14), slice(1, 11), slice(3, 12))
 

@@ -10,7 +10,7 @@ import pytest
 from morphometry.errors import InputError
 from morphometry.io import Scan, ScanInfo
 from morphometry.orientation import ras_alignment
-from segment.preprocess import PreprocessConfig, padded_size, percentile, preprocess
+from morphometry.segment.preprocess import PreprocessConfig, padded_size, percentile, preprocess
 
 # Voxel axes (0, 1, 2) -> (-S, +R, -A): permuted and flipped, 1 mm, not resampled.
 AFFINE = np.array([[0.0, 1.0, 0.0, -50.0], [0.0, 0.0, -1.0, 60.0], [-1.0, 0.0, 0.0, 40.0], [0, 0, 0, 1]])

@@ -13,7 +13,7 @@ from scipy.interpolate import RegularGridInterpolator
 from morphometry.errors import InputError
 from morphometry.io import Scan, ScanInfo
 from morphometry.orientation import ras_alignment
-from segment.preprocess import PreprocessConfig, gaussian_blur_axis, preprocess, resample, resampled_affine
+from morphometry.segment.preprocess import PreprocessConfig, gaussian_blur_axis, preprocess, resample, resampled_affine
 
 
 def make_scan(data: np.ndarray, affine: np.ndarray, zooms=None) -> Scan:
@@ -47,7 +47,7 @@ def world_function(world: np.ndarray) -> np.ndarray:
 
 
 def reference_resample(data: np.ndarray, factors) -> np.ndarray:
-    """The recipe of synthseg-facts.md 2.3 with scipy, in float64 (independent of segment.preprocess)."""
+    """The recipe of synthseg-facts.md 2.3 with scipy, in float64 (independent of morphometry.segment.preprocess)."""
     sigmas = [0.25 / f if f <= 1 else 0.0 for f in factors]
     blurred = ndimage.gaussian_filter(data.astype(np.float64), sigmas, mode="reflect", truncate=4.0)
     axes = []

@@ -1,4 +1,4 @@
-"""``morpho report``: sections from segment / evaluate / fit-ageing outputs, and a real browser check."""
+"""``morpho report``: sections from morphometry.segment / evaluate / fit-ageing outputs, and a real browser check."""
 
 from __future__ import annotations
 

@@ -101,7 +101,7 @@ def test_missing_bundle_and_unknown_network(tmp_path, scan_folder, tiny_bundle, 
     assert main(["segment", str(scan_folder), "-o", str(tmp_path / "o"), "--models", str(tmp_path)]) == 2
     assert "no bundle.json" in capsys.readouterr().err
     partial = tmp_path / "partial"
-    from segment.random_bundle import random_bundle
+    from morphometry.segment.random_bundle import random_bundle
 
     random_bundle(partial, features=2, roles=("synthseg",))
     assert main(["segment", str(scan_folder), "-o", str(tmp_path / "o2"), "--models", str(partial)]) == 2
@@ -109,7 +109,7 @@ def test_missing_bundle_and_unknown_network(tmp_path, scan_folder, tiny_bundle, 
 
 
 def test_models_verify_detects_tampering(tmp_path, capsys):
-    from segment.random_bundle import random_bundle
+    from morphometry.segment.random_bundle import random_bundle
 
     b = random_bundle(tmp_path / "b", features=2, roles=("s1",))
     assert main(["models", "verify", str(b.root)]) == 0
@@ -175,7 +175,7 @@ def test_bad_shard_argument(tiny_bundle, scan_folder, tmp_path, capsys):
 @pytest.mark.slow
 def test_parcellation_and_qc_columns(tmp_path):
     from morphometry.labels import PARCELLATION_LABELS, QC_GROUPS
-    from segment.random_bundle import random_bundle
+    from morphometry.segment.random_bundle import random_bundle
 
     bundle = random_bundle(tmp_path / "b", features=2, roles=("s1", "d", "s2", "parc", "qc"))
     rng = np.random.default_rng(5)
@@ -196,9 +196,9 @@ def test_parcellation_and_qc_columns(tmp_path):
 
 
 def test_cuda_or_fp16_refused_without_cuda(tiny_bundle, scan_folder, tmp_path, capsys, monkeypatch):
-    import segment.runtime
+    import morphometry.segment.runtime
 
-    monkeypatch.setattr(segment.runtime, "cuda_works", lambda: False)  # as on a machine without CUDA
+    monkeypatch.setattr(morphometry.segment.runtime, "cuda_works", lambda: False)  # as on a machine without CUDA
     assert main(["segment", str(scan_folder), "-o", str(tmp_path / "a"), "--models", str(tiny_bundle.root),
                  "--device", "cuda"]) == 2
     assert "CUDA is not usable here" in capsys.readouterr().err

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis.metrics import dice
-from analysis.silver import RegistrationConfig, from_sitk, propagate_labels, register_rigid, to_sitk
+from morphometry.analysis.metrics import dice
+from morphometry.analysis.silver import RegistrationConfig, from_sitk, propagate_labels, register_rigid, to_sitk
 
 # Head-like phantom in world RAS mm: (label, centre, semi-axes, T1 intensity, T2 intensity).
 # Drawn in order, later shapes over earlier ones; eyes and the cerebellum break the symmetries.
@@ -190,7 +190,7 @@ def test_silver_command_writes_labels_report_and_a_manifest_evaluate_accepts(ref
 
 
 def test_silver_inputs_are_checked(tmp_path, capsys):
-    from analysis.silver import read_sessions
+    from morphometry.analysis.silver import read_sessions
     from morphometry.cli import main
     from morphometry.errors import InputError
 

@@ -8,7 +8,7 @@ import onnxruntime as ort
 from scipy import ndimage
 
 from morphometry.labels import SYNTHSEG_2
-from segment import stages
+from morphometry.segment import stages
 
 SHAPE = (32, 32, 32)
 

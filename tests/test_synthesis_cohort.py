@@ -11,10 +11,10 @@ from morphometry.cli import main
 from morphometry.io import load_scan
 from morphometry.labels import STRUCTURES, SYNTHSEG_2, TOTAL_INTRACRANIAL
 from morphometry.tables import read_metadata, read_volumes
-from segment.synthesis.ageing import PlantedAgeing, age_label_map, structure_counts, target_counts
-from segment.synthesis.anatomy import Anatomy, default_anatomy
-from segment.synthesis.cohort import CohortConfig, simulate_cohort
-from segment.synthesis.generation_labels import GENERATION_LABELS
+from morphometry.segment.synthesis.ageing import PlantedAgeing, age_label_map, structure_counts, target_counts
+from morphometry.segment.synthesis.anatomy import Anatomy, default_anatomy
+from morphometry.segment.synthesis.cohort import CohortConfig, simulate_cohort
+from morphometry.segment.synthesis.generation_labels import GENERATION_LABELS
 from tests.test_synthesis_generator import toy_map
 from tests.test_synthesis_labelmaps import _atlas_available
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from morphometry.errors import InputError
-from segment.synthesis.degradation import degrade
-from segment.synthesis.generation_labels import GENERATION_LABELS
-from segment.synthesis.priors import BiasPriors, DegradationPriors, ResolutionPriors, SpatialPriors, Uniform
+from morphometry.segment.synthesis.degradation import degrade
+from morphometry.segment.synthesis.generation_labels import GENERATION_LABELS
+from morphometry.segment.synthesis.priors import BiasPriors, DegradationPriors, ResolutionPriors, SpatialPriors, Uniform
 from tests.test_synthesis_generator import toy_map
 
 

@@ -8,9 +8,9 @@ import pytest
 
 from morphometry.errors import DataError, InputError
 from morphometry.labels import SYNTHSEG_2
-from segment.synthesis.generation_labels import GENERATION_LABELS
-from segment.synthesis.generator import GeneratorConfig, SyntheticGenerator
-from segment.synthesis.priors import (BiasPriors, GeneratorPriors, GmmPriors, ResolutionPriors, SpatialPriors,
+from morphometry.segment.synthesis.generation_labels import GENERATION_LABELS
+from morphometry.segment.synthesis.generator import GeneratorConfig, SyntheticGenerator
+from morphometry.segment.synthesis.priors import (BiasPriors, GeneratorPriors, GmmPriors, ResolutionPriors, SpatialPriors,
                                       TissueMapPriors, Uniform)
 
 
@@ -164,7 +164,7 @@ def test_bad_configuration_is_refused():
 def test_cross_dilation_and_erosion_match_scipy():
     from scipy import ndimage as ndi
 
-    from segment.synthesis.generator import dilate_cross
+    from morphometry.segment.synthesis.generator import dilate_cross
 
     mask = np.random.default_rng(9).uniform(size=(17, 15, 13)) > 0.7
     cross = ndi.generate_binary_structure(3, 1)

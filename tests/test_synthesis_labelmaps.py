@@ -8,10 +8,10 @@ import pytest
 
 from morphometry.errors import DataError, InputError
 from morphometry.labels import SYNTHSEG_2
-from segment.synthesis.anatomy import SKIN, SKULL, anatomy_from_file, atlas_path, default_anatomy
-from segment.synthesis.generation_labels import GENERATION_LABELS
-from segment.synthesis.generator import GeneratorConfig, SyntheticGenerator
-from segment.synthesis.labelmaps import load_label_map, trim_to_head
+from morphometry.segment.synthesis.anatomy import SKIN, SKULL, anatomy_from_file, atlas_path, default_anatomy
+from morphometry.segment.synthesis.generation_labels import GENERATION_LABELS
+from morphometry.segment.synthesis.generator import GeneratorConfig, SyntheticGenerator
+from morphometry.segment.synthesis.labelmaps import load_label_map, trim_to_head
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "label-maps"
 

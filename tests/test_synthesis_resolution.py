@@ -3,9 +3,9 @@ visible in generated images."""
 
 import numpy as np
 
-from segment.synthesis.generator import GeneratorConfig, SyntheticGenerator
-from segment.synthesis.priors import GmmPriors, ResolutionPriors, Uniform
-from segment.synthesis.resolution import (AcquisitionParams, blur, lr_shape, sample_acquisition, subsample,
+from morphometry.segment.synthesis.generator import GeneratorConfig, SyntheticGenerator
+from morphometry.segment.synthesis.priors import GmmPriors, ResolutionPriors, Uniform
+from morphometry.segment.synthesis.resolution import (AcquisitionParams, blur, lr_shape, sample_acquisition, subsample,
                                           upsample)
 from tests.test_synthesis_generator import static_priors, toy_map
 

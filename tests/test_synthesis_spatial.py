@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from segment.synthesis.priors import SpatialPriors, Uniform, UniformVariance
-from segment.synthesis.spatial import (DeformationParams, affine_matrix, integrate_velocity, interpolation_matrix,
+from morphometry.segment.synthesis.priors import SpatialPriors, Uniform, UniformVariance
+from morphometry.segment.synthesis.spatial import (DeformationParams, affine_matrix, integrate_velocity, interpolation_matrix,
                                        jacobian_determinant, resize_block, sample_deformation, source_coordinates,
                                        warp_image, warp_labels)
 

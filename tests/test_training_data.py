@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from morphometry.errors import DataError, InputError
-from segment.synthesis.priors import (
+from morphometry.segment.synthesis.priors import (
     DegradationPriors,
     GeneratorPriors,
     Uniform,
     UniformVariance,
 )
-from segment.training.data import (
+from morphometry.segment.training.data import (
     N_LABELS,
     DataConfig,
     ExampleSource,
@@ -137,9 +137,9 @@ def test_denoiser_needs_the_previous_network(maps_dir):
 
 
 def test_denoiser_examples_from_the_generator_images(maps_dir):
-    from segment import stages
-    from segment.networks import UNetSpec, random_weights, unet_model
-    from segment.training.data import GROUP_LUT
+    from morphometry.segment import stages
+    from morphometry.segment.networks import UNetSpec, random_weights, unet_model
+    from morphometry.segment.training.data import GROUP_LUT
 
     spec = UNetSpec(1, 5, features=2, levels=2)
     previous = stages.tissue_stage(unet_model(spec, random_weights(spec, np.random.default_rng(0)), "s1"))

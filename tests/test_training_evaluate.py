@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from test_training_data import phantom_labels
 
-from segment.training.evaluate import (
+from morphometry.segment.training.evaluate import (
     Condition,
     EvaluationConfig,
     dice_per_channel,
@@ -61,7 +61,7 @@ def test_summary_table():
 
 
 def test_brain_box_keeps_the_brain_and_a_margin():
-    from segment.training.data import brain_box
+    from morphometry.segment.training.data import brain_box
 
     labels = np.zeros((30, 30, 30), np.int32)
     labels[5:25, 5:25, 5:25] = 511  # skin: not a brain structure
@@ -71,7 +71,7 @@ def test_brain_box_keeps_the_brain_and_a_margin():
 
 
 def test_structure_table_averages_conditions_and_skips_missing():
-    from segment.training.evaluate import structure_table
+    from morphometry.segment.training.evaluate import structure_table
 
     result = {"structures": ["a", "b"], "dice": {"s1+s2": {"c1": [0.5, None], "c2": [0.7, 0.4]}}}
     lines = structure_table(result).splitlines()

@@ -7,13 +7,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'morphometry[train]')")
+torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'morphometry-mri[train]')")
 ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed")
 
 from morphometry.errors import InputError
-from segment.networks import UNetSpec, unet_model
-from segment.training.losses import hard_dice, one_hot, soft_dice_loss, wl2_loss
-from segment.training.unet_torch import UNet, keras_weights
+from morphometry.segment.networks import UNetSpec, unet_model
+from morphometry.segment.training.losses import hard_dice, one_hot, soft_dice_loss, wl2_loss
+from morphometry.segment.training.unet_torch import UNet, keras_weights
 
 SPECS = {
     "s2-like": UNetSpec(in_channels=6, n_labels=7, features=3, levels=3),
@@ -126,7 +126,7 @@ def test_one_training_step_decreases_the_loss_on_a_fixed_batch():
 
 
 def test_d_variants_follow_the_paper_and_the_release():
-    from segment.training.train import TrainConfig
+    from morphometry.segment.training.train import TrainConfig
 
     paper = TrainConfig(role="d", label_maps="x", width=16, levels=5, crop=32).spec()
     assert (paper.convs_per_level, paper.multiplier, paper.skips_removed, paper.kernel) == (1, 1, 2, 3)
@@ -137,8 +137,8 @@ def test_d_variants_follow_the_paper_and_the_release():
 def test_d_skips_removed_sets_the_finest_scale_of_d():
     """One missing skip in a 4-level D: only the last decoder step (back to full resolution) lacks
     its skip, so that step's convolution sees the upsampled features alone."""
-    from segment.training.train import TrainConfig
-    from segment.training.unet_torch import UNet
+    from morphometry.segment.training.train import TrainConfig
+    from morphometry.segment.training.unet_torch import UNet
 
     spec = TrainConfig(role="d", label_maps="x", width=4, levels=4, crop=32, d_skips_removed=1).spec()
     assert [spec.keeps_skip(s) for s in range(3)] == [True, True, False]

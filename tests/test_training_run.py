@@ -8,16 +8,16 @@ import json
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'morphometry[train]')")
+torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'morphometry-mri[train]')")
 pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed")
 
 from test_training_data import write_maps
 
 from morphometry.cli import main
 from morphometry.errors import InputError
-from segment.bundle import load_bundle, verify_bundle
-from segment.training.export import export_bundle, load_run, min_size_for
-from segment.training.train import TrainConfig, train
+from morphometry.segment.bundle import load_bundle, verify_bundle
+from morphometry.segment.training.export import export_bundle, load_run, min_size_for
+from morphometry.segment.training.train import TrainConfig, train
 
 TINY = dict(steps=2, crop=16, width=2, levels=2, resolution_mm=2.0, checkpoint_every=1, validate_every=1,
             validation_examples=1, held_out=1, workers=0, lr=1e-3)
@@ -128,7 +128,7 @@ def test_export_refuses_mixed_runs(maps_dir, tmp_path):
 
 @pytest.mark.slow
 def test_evaluate_a_trained_bundle(maps_dir, tmp_path):
-    from segment.training.evaluate import EvaluationConfig, evaluate_bundle
+    from morphometry.segment.training.evaluate import EvaluationConfig, evaluate_bundle
 
     runs = []
     for role in ("s1", "synthseg"):
@@ -146,9 +146,9 @@ def test_evaluate_a_trained_bundle(maps_dir, tmp_path):
 
 
 def test_batchnorm_recalibration_averages_the_examples_statistics(maps_dir):
-    from segment.training.data import DataConfig, ExampleSource, load_maps, split_label_maps
-    from segment.training.train import RECALIBRATION_STREAM, recalibrate_batchnorm
-    from segment.training.unet_torch import UNet
+    from morphometry.segment.training.data import DataConfig, ExampleSource, load_maps, split_label_maps
+    from morphometry.segment.training.train import RECALIBRATION_STREAM, recalibrate_batchnorm
+    from morphometry.segment.training.unet_torch import UNet
 
     config = _config(maps_dir, recalibration_examples=3)
     train_paths, _ = split_label_maps(config.label_maps, config.held_out)

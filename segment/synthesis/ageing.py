@@ -32,7 +32,7 @@ from scipy import ndimage as ndi
 
 from morphometry.errors import DataError
 from morphometry.labels import BILATERAL_STRUCTURES, STRUCTURES, SYNTHSEG_2, TOTAL_INTRACRANIAL, bilateral_name
-from segment.synthesis.generation_labels import GENERATION_LABELS
+from morphometry.segment.synthesis.generation_labels import GENERATION_LABELS
 
 CSF = 24
 VENTRICLES = (4, 43, 5, 44, 14, 15)

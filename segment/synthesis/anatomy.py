@@ -28,8 +28,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from morphometry.errors import DataError
-from segment.synthesis.generation_labels import GENERATION_LABELS, SKIN, SKULL, SOFT_TISSUE
-from segment.synthesis.labelmaps import check_generation_labels, read_label_volume
+from morphometry.segment.synthesis.generation_labels import GENERATION_LABELS, SKIN, SKULL, SOFT_TISSUE
+from morphometry.segment.synthesis.labelmaps import check_generation_labels, read_label_volume
 
 ATLAS_FILE = "data/atlases/atlas_desikan_killiany.nii.gz"
 CSF = 24

@@ -4,7 +4,7 @@ with clinical protocols.
 Per subject (independent random stream spawned from the seed): sex, a base anatomy (the anatomy
 scaled by a sex- and subject-dependent head size and deformed by a mild velocity field), baseline
 age ~ U(20, 90 - follow-up) and follow-up sessions 1-3 years apart. Per session: the base anatomy
-aged with :func:`segment.synthesis.ageing.age_label_map` to the planted volumes, its 1 mm truth
+aged with :func:`morphometry.segment.synthesis.ageing.age_label_map` to the planted volumes, its 1 mm truth
 (SynthSeg 2.0 labels) written to ``truth/``, then 1..``max_protocols`` acquisitions written to
 ``scans/``. Outputs: ``manifest.csv``, ``truth_volumes.parquet`` and ``.csv`` (VolumesTable schema,
 method "truth", one row per scan), ``subjects.csv`` (sex, head scale and base volumes in mm^3 of
@@ -25,11 +25,11 @@ import pandas as pd
 from morphometry.errors import InputError
 from morphometry.labels import STRUCTURES, TOTAL_INTRACRANIAL
 from morphometry.tables import atomic_write, order_columns, table_metadata, write_parquet
-from segment.synthesis.ageing import PlantedAgeing, age_label_map, structure_counts, target_counts, volumes_mm3
-from segment.synthesis.anatomy import Anatomy, structure_targets
-from segment.synthesis.priors import SpatialPriors, Uniform
-from segment.synthesis.protocols import Protocol, ProtocolPriors, acquire, sample_protocol
-from segment.synthesis.spatial import sample_deformation, source_coordinates, warp_labels
+from morphometry.segment.synthesis.ageing import PlantedAgeing, age_label_map, structure_counts, target_counts, volumes_mm3
+from morphometry.segment.synthesis.anatomy import Anatomy, structure_targets
+from morphometry.segment.synthesis.priors import SpatialPriors, Uniform
+from morphometry.segment.synthesis.protocols import Protocol, ProtocolPriors, acquire, sample_protocol
+from morphometry.segment.synthesis.spatial import sample_deformation, source_coordinates, warp_labels
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from morphometry.errors import InputError
-from segment.synthesis.generation_labels import GENERATION_LABELS, GenerationLabels
-from segment.synthesis.intensity import (BiasParams, GmmParams, apply_gamma, bias_field, normalise_minmax,
+from morphometry.segment.synthesis.generation_labels import GENERATION_LABELS, GenerationLabels
+from morphometry.segment.synthesis.intensity import (BiasParams, GmmParams, apply_gamma, bias_field, normalise_minmax,
                                          render_gmm, sample_bias, sample_gmm)
-from segment.synthesis.labelmaps import check_generation_labels
-from segment.synthesis.priors import GeneratorPriors, TissueMapPriors
-from segment.synthesis.resolution import AcquisitionParams, add_noise, blur, sample_acquisition, subsample, upsample
-from segment.synthesis.spatial import DeformationParams, sample_deformation, source_coordinates, warp_labels
+from morphometry.segment.synthesis.labelmaps import check_generation_labels
+from morphometry.segment.synthesis.priors import GeneratorPriors, TissueMapPriors
+from morphometry.segment.synthesis.resolution import AcquisitionParams, add_noise, blur, sample_acquisition, subsample, upsample
+from morphometry.segment.synthesis.spatial import DeformationParams, sample_deformation, source_coordinates, warp_labels
 
 TARGETS = ("s1", "s2", "synthseg")
 N_GROUPS = 5

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from segment.synthesis.priors import BiasPriors, GmmPriors
-from segment.synthesis.spatial import resize_block
+from morphometry.segment.synthesis.priors import BiasPriors, GmmPriors
+from morphometry.segment.synthesis.spatial import resize_block
 
 
 @dataclass(frozen=True, eq=False)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from morphometry.errors import DataError
-from segment.synthesis.generation_labels import GENERATION_LABELS, GenerationLabels
+from morphometry.segment.synthesis.generation_labels import GENERATION_LABELS, GenerationLabels
 
 
 def trim_to_head(labels: np.ndarray, margin: int = 8) -> np.ndarray:

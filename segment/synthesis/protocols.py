@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from morphometry.orientation import RasAlignment
-from segment.synthesis.generation_labels import GENERATION_LABELS, SKIN, SKULL, SOFT_TISSUE
-from segment.synthesis.intensity import BiasParams, GmmParams, bias_field, render_gmm, sample_bias
-from segment.synthesis.priors import BiasPriors, Uniform
-from segment.synthesis.resolution import add_noise, blur, subsample
+from morphometry.segment.synthesis.generation_labels import GENERATION_LABELS, SKIN, SKULL, SOFT_TISSUE
+from morphometry.segment.synthesis.intensity import BiasParams, GmmParams, bias_field, render_gmm, sample_bias
+from morphometry.segment.synthesis.priors import BiasPriors, Uniform
+from morphometry.segment.synthesis.resolution import add_noise, blur, subsample
 
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 

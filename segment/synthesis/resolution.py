@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from segment.synthesis.priors import ResolutionPriors
+from morphometry.segment.synthesis.priors import ResolutionPriors
 
 
 @dataclass(frozen=True, eq=False)

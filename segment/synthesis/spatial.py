@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from segment.synthesis.priors import SpatialPriors
+from morphometry.segment.synthesis.priors import SpatialPriors
 
 
 @dataclass(frozen=True, eq=False)

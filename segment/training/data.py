@@ -36,9 +36,9 @@ import numpy as np
 
 from morphometry.errors import DataError, InputError
 from morphometry.labels import SYNTHSEG_2
-from segment.synthesis.degradation import degrade
-from segment.synthesis.generator import GeneratorConfig, SyntheticGenerator
-from segment.synthesis.priors import (
+from morphometry.segment.synthesis.degradation import degrade
+from morphometry.segment.synthesis.generator import GeneratorConfig, SyntheticGenerator
+from morphometry.segment.synthesis.priors import (
     DegradationPriors,
     GeneratorPriors,
     ResolutionPriors,
@@ -120,7 +120,7 @@ def coarsen(labels: np.ndarray, factor: int) -> np.ndarray:
 
 def brain_box(labels: np.ndarray, margin: int) -> tuple[slice, ...]:
     """Bounding box of the brain parenchyma (tissue groups 1-4) plus ``margin`` voxels."""
-    from segment.synthesis.generation_labels import GENERATION_LABELS
+    from morphometry.segment.synthesis.generation_labels import GENERATION_LABELS
 
     brain = GENERATION_LABELS.group_lut[labels] > 0
     box = []
@@ -154,7 +154,7 @@ def split_label_maps(directory: str | Path, held_out: int) -> tuple[list[Path], 
 def load_maps(paths: list[Path], resolution_mm: float, brain_margin_mm: float | None = None) -> list[np.ndarray]:
     """Read, check and coarsen training label maps (DataError names a bad file); with
     ``brain_margin_mm``, keep only the brain's bounding box plus that margin."""
-    from segment.synthesis.labelmaps import load_label_map
+    from morphometry.segment.synthesis.labelmaps import load_label_map
 
     factor = coarsening_factor(resolution_mm)
     maps = [coarsen(load_label_map(p), factor) for p in paths]
@@ -187,7 +187,7 @@ class ExampleSource:
     """Draws (inputs, targets) for one role from a list of coarse label maps.
 
     ``previous`` is the serialised ONNX inference stage of the network D or D_all cleans up
-    (``segment.stages.tissue_stage`` of S1, ``synthseg_stage`` of SynthSeg); it is opened lazily,
+    (``morphometry.segment.stages.tissue_stage`` of S1, ``synthseg_stage`` of SynthSeg); it is opened lazily,
     once per process, so a source can be sent to worker processes.
     """
 

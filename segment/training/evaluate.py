@@ -2,7 +2,7 @@
 
 Each held-out label map (coarsened to the bundle's working grid as in training) is rendered as a
 scan: Gaussian intensities per generation class with T1-like or T2-like means (the cohort
-simulator's contrast templates, ``segment.synthesis.protocols``) or random means (the generative
+simulator's contrast templates, ``morphometry.segment.synthesis.protocols``) or random means (the generative
 model's prior), a bias field, slices of ``spacing`` mm with full-width-at-half-maximum thickness
 equal to the spacing along a random axis, Gaussian noise at the slice resolution, linear
 resampling back to the working grid and 0.5-99.5 percentile normalisation. "Low SNR" scans pull
@@ -25,19 +25,19 @@ from pathlib import Path
 import numpy as np
 
 from morphometry.labels import SYNTHSEG_2
-from segment.bundle import Bundle
-from segment.synthesis.generation_labels import GENERATION_LABELS
-from segment.synthesis.intensity import (
+from morphometry.segment.bundle import Bundle
+from morphometry.segment.synthesis.generation_labels import GENERATION_LABELS
+from morphometry.segment.synthesis.intensity import (
     GmmParams,
     bias_field,
     render_gmm,
     sample_bias,
     sample_gmm,
 )
-from segment.synthesis.priors import BiasPriors, GmmPriors, Uniform
-from segment.synthesis.protocols import FWHM_PER_SIGMA, ProtocolPriors, sample_protocol
-from segment.synthesis.resolution import add_noise, blur, subsample, upsample
-from segment.training.data import CHANNEL_LUT, load_maps, split_label_maps
+from morphometry.segment.synthesis.priors import BiasPriors, GmmPriors, Uniform
+from morphometry.segment.synthesis.protocols import FWHM_PER_SIGMA, ProtocolPriors, sample_protocol
+from morphometry.segment.synthesis.resolution import add_noise, blur, subsample, upsample
+from morphometry.segment.training.data import CHANNEL_LUT, load_maps, split_label_maps
 
 SIZE_MULTIPLE = 32
 
@@ -133,9 +133,9 @@ def evaluate_bundle(bundle: Bundle, label_maps: str | Path, config: EvaluationCo
     import onnx
     import onnxruntime as ort
 
-    from segment import stages
-    from segment.methods import resolve_methods, supported_methods
-    from segment.runtime import Engine, RuntimeConfig
+    from morphometry.segment import stages
+    from morphometry.segment.methods import resolve_methods, supported_methods
+    from morphometry.segment.runtime import Engine, RuntimeConfig
 
     _, paths = split_label_maps(label_maps, config.held_out)
     maps = load_maps(paths, bundle.resolution_mm, config.margin_mm)

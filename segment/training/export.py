@@ -1,10 +1,10 @@
 """Trained runs -> ONNX networks and model bundles.
 
-The PyTorch weights are converted to the Keras-layout dictionary of ``segment.networks`` and the
+The PyTorch weights are converted to the Keras-layout dictionary of ``morphometry.segment.networks`` and the
 graph is built by ``unet_model``, so a trained network is the same graph as an imported one.
 ``bundle.json`` provenance carries the model card: per network the training configuration, the
 steps, wall time and hardware, the training and held-out maps and the last validation Dice, plus
-the evaluation of :mod:`segment.training.evaluate` when given.
+the evaluation of :mod:`morphometry.segment.training.evaluate` when given.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import torch
 
 from morphometry.errors import InputError
 from morphometry.labels import SYNTHSEG_2
-from segment import stages
-from segment.bundle import TISSUE_LABELS, Bundle, load_bundle, write_bundle
-from segment.networks import unet_model
-from segment.training.train import TrainConfig, latest_checkpoint, load_config
-from segment.training.unet_torch import UNet, keras_weights
+from morphometry.segment import stages
+from morphometry.segment.bundle import TISSUE_LABELS, Bundle, load_bundle, write_bundle
+from morphometry.segment.networks import unet_model
+from morphometry.segment.training.train import TrainConfig, latest_checkpoint, load_config
+from morphometry.segment.training.unet_torch import UNet, keras_weights
 
 OFFICIAL_MIN_SIZE_MM = 128  # the official networks' minimum input, 128 voxels of 1 mm
 SIZE_MULTIPLE = 32  # the runtime pads every axis to a multiple of 32 voxels
@@ -103,14 +103,14 @@ def load_run(run_dir: str | Path) -> TrainedRun:
 
 
 def onnx_network(run: TrainedRun) -> onnx.ModelProto:
-    """The run's network as the ONNX graph of ``segment.networks`` (input ``input``, outputs
+    """The run's network as the ONNX graph of ``morphometry.segment.networks`` (input ``input``, outputs
     ``logits`` and ``posteriors``)."""
     doc = f"morphometry-trained {run.config.role}, step {run.step}"
     return unet_model(run.config.spec(), keras_weights(run.model), doc)
 
 
 def inference_stage(run_dir: str | Path, role: str) -> onnx.ModelProto:
-    """The inference stage (``segment.stages``) of a trained S1 or SynthSeg run: S1 -> one-hot
+    """The inference stage (``morphometry.segment.stages``) of a trained S1 or SynthSeg run: S1 -> one-hot
     tissue; SynthSeg -> smoothed, flip-averaged posteriors. Input ``image``."""
     run = load_run(run_dir)
     if run.config.role != role:

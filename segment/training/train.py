@@ -4,7 +4,7 @@ A run folder holds ``config.json`` (the :class:`TrainConfig`), ``checkpoints/ste
 (model, optimiser, AMP scaler, step, torch RNG state, wall time so far) and ``log.csv`` (one row
 per step: loss; every ``validate_every`` steps the mean Dice over the foreground labels of fixed
 synthetic examples drawn from the held-out label maps). Because batch ``s`` is a pure function
-of (seed, s) (:mod:`segment.training.data`), ``--resume`` continues from the last checkpoint with
+of (seed, s) (:mod:`morphometry.segment.training.data`), ``--resume`` continues from the last checkpoint with
 exactly the data the uninterrupted run would have seen. On a CUDA device the forward pass runs
 under float16 autocast with a gradient scaler; on the CPU in float32. Weights and batches use the
 channels-last-3d memory format (about 20 % faster per step on the CPU at 64^3, docs/benchmarks.md).
@@ -25,9 +25,9 @@ import onnx
 import torch
 
 from morphometry.errors import InputError, ModelError
-from segment.bundle import load_bundle, verify_bundle
-from segment.networks import UNetSpec, Weights, read_weights
-from segment.training.data import (
+from morphometry.segment.bundle import load_bundle, verify_bundle
+from morphometry.segment.networks import UNetSpec, Weights, read_weights
+from morphometry.segment.training.data import (
     D_INPUTS,
     ROLES,
     DataConfig,
@@ -37,8 +37,8 @@ from segment.training.data import (
     role_channels,
     split_label_maps,
 )
-from segment.training.losses import hard_dice, soft_dice_loss, wl2_loss
-from segment.training.unet_torch import UNet, load_keras_weights
+from morphometry.segment.training.losses import hard_dice, soft_dice_loss, wl2_loss
+from morphometry.segment.training.unet_torch import UNet, load_keras_weights
 
 D_VARIANTS = ("paper", "official")
 VALIDATION_STREAM = 2**31  # seed-sequence entry of the validation examples (steps stay below it)
@@ -270,7 +270,7 @@ def previous_stage(config: TrainConfig) -> bytes | None:
     if not config.previous:
         raise InputError(f"train {config.role.replace('_', '-')} needs --previous RUN_DIR "
                          f"({'an S1' if config.role == 'd' else 'a SynthSeg'} training run)")
-    from segment.training.export import inference_stage
+    from morphometry.segment.training.export import inference_stage
 
     wanted = "s1" if config.role == "d" else "synthseg"
     return inference_stage(config.previous, wanted).SerializeToString()

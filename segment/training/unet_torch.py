@@ -1,4 +1,4 @@
-"""The SynthSeg U-Net in PyTorch, with exactly the semantics of ``segment.networks`` (the ONNX graph).
+"""The SynthSeg U-Net in PyTorch, with exactly the semantics of ``morphometry.segment.networks`` (the ONNX graph).
 
 Same-padded convolutions with bias and ELU, batch normalisation (epsilon 1e-3) after each level's
 convolutions, the skip taken from the last encoder convolution *before* batch normalisation,
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from segment.networks import BN_EPSILON, UNetSpec, Weights
+from morphometry.segment.networks import BN_EPSILON, UNetSpec, Weights
 
 
 class _ConvElu(nn.Module):
@@ -71,7 +71,7 @@ def _kernel(conv: nn.Conv3d) -> np.ndarray:
 
 
 def keras_weights(model: UNet) -> Weights:
-    """The trained weights as the Keras-layout dictionary that ``segment.networks.unet_model`` reads."""
+    """The trained weights as the Keras-layout dictionary that ``morphometry.segment.networks.unet_model`` reads."""
     out: Weights = {}
     as_np = lambda t: t.detach().cpu().numpy().astype(np.float32)
     for name, block in model.convs.items():

@@ -72,8 +72,8 @@ def _directions(values) -> tuple[str, tuple[tuple[str, str], ...]]:
 def run(args) -> int:
     import numpy as np
 
-    from analysis.ageing import SPACING_COLUMNS, AgeingModel, AgeingSpec
-    from analysis.ageing_outputs import write_ageing_outputs
+    from morphometry.analysis.ageing import SPACING_COLUMNS, AgeingModel, AgeingSpec
+    from morphometry.analysis.ageing_outputs import write_ageing_outputs
     from morphometry.errors import InputError
     from morphometry.tables import join_covariates, read_table, read_volumes
 
@@ -108,7 +108,7 @@ def run(args) -> int:
     if not args.no_figures:
         from pathlib import Path
 
-        from reports.ageing_figures import write_ageing_figures
+        from morphometry.reports.ageing_figures import write_ageing_figures
 
         structures = _figure_structures(args.figure_structures, fit.structures)
         write_ageing_figures(Path(args.output) / "figures", written["trajectories.parquet"],

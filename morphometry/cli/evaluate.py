@@ -1,4 +1,4 @@
-"""``morpho evaluate`` and ``morpho silver``: argument parsing only; the work is imported lazily."""
+"""``morpho evaluate``: Dice and surface distances against silver standards."""
 
 from __future__ import annotations
 
@@ -9,11 +9,6 @@ from morphometry.errors import DataError, InputError
 
 
 def register(subparsers) -> None:
-    _register_evaluate(subparsers)
-    _register_silver(subparsers)
-
-
-def _register_evaluate(subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate", help="Dice and surface distances of segmentations against silver standards",
         description="Pair predictions with reference label maps by scan_id and compute, per scan x "
@@ -49,32 +44,8 @@ def _register_evaluate(subparsers) -> None:
     p.set_defaults(func=run_evaluate)
 
 
-def _register_silver(subparsers) -> None:
-    p = subparsers.add_parser(
-        "silver", help="propagate a session's reference labels to its other scans (rigid registration)",
-        description="For each session, register the reference image rigidly to every other scan (SimpleITK: "
-                    "Mattes mutual information, multi-resolution, centred initialisation) and resample the "
-                    "reference labels onto the scan with nearest neighbour. Writes silver/<scan_id>.nii.gz, "
-                    "transforms/<scan_id>.tfm, registration.csv (parameters, final metric) and silver.csv "
-                    "(a manifest for `morpho evaluate --reference`).")
-    p.add_argument("scans", nargs="*", metavar="SCAN", help="scans of one session (with --reference-image/-labels)")
-    p.add_argument("--sessions", metavar="CSV",
-                   help="sessions manifest: session_id, scan_id, path, labels (labels on the reference row)")
-    p.add_argument("--reference-image", metavar="IMAGE", help="reference image of a single session")
-    p.add_argument("--reference-labels", metavar="LABELS", help="label map of the reference image")
-    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--init", choices=("moments", "geometry", "world"), default="moments",
-                   help="initial alignment: centres of mass, image centres, or scanner coordinates "
-                        "(default: moments)")
-    p.add_argument("--sampling", type=float, default=0.25,
-                   help="fraction of the scan's voxels sampled by the metric per level (default: 0.25)")
-    p.add_argument("--threads", type=int, default=0, help="SimpleITK threads (default: all cores)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the metric sampling (default: 0)")
-    p.set_defaults(func=run_silver)
-
-
 def run_evaluate(args) -> int:
-    from analysis import evaluation as ev
+    from morphometry.analysis import evaluation as ev
     from morphometry.tables import atomic_write, write_parquet
 
     config = ev.EvaluationConfig(grid=args.grid, msd_mode=args.msd, labels=ev.parse_label_selection(args.labels))
@@ -107,7 +78,7 @@ def run_evaluate(args) -> int:
         else:
             path.unlink(missing_ok=True)
     if not args.no_figures:
-        from reports.evaluation_figures import fig5_boxplots
+        from morphometry.reports.evaluation_figures import fig5_boxplots
 
         fig5_boxplots(scans, out / "figures" / "fig5_dice_msd")
     print(f"evaluated {scans.shape[0]} prediction(s) of {scans['scan_id'].nunique()} scan(s) -> {out}",
@@ -139,52 +110,3 @@ def _progress(total: int):
 
     bar = tqdm(total=total, unit="scan", file=sys.stderr)
     return bar.update
-
-
-def run_silver(args) -> int:
-    import numpy as np
-    import pandas as pd
-
-    from analysis import silver
-    from morphometry.tables import atomic_write
-
-    sessions = _sessions(args)
-    config = silver.RegistrationConfig(init=args.init, sampling_fraction=args.sampling, threads=args.threads)
-    rng = np.random.default_rng(args.seed)
-    out = Path(args.output)
-    rows, failures = [], []
-    for session in sessions:
-        done, failed = silver.propagate_session(session, out, config, rng)
-        rows += done
-        failures += failed
-    if rows:
-        report = pd.DataFrame(rows)
-        atomic_write(out / "registration.csv", lambda tmp: report.to_csv(tmp, index=False))
-        manifest = report[["scan_id", "silver_path"]].rename(columns={"silver_path": "path"})
-        atomic_write(out / "silver.csv", lambda tmp: manifest.to_csv(tmp, index=False))
-    if failures:
-        table = pd.DataFrame(failures)
-        atomic_write(out / "failures.csv", lambda tmp: table.to_csv(tmp, index=False))
-        for row in failures:
-            print(f"failed: {row['scan_id']}: {row['error']}", file=sys.stderr)
-    print(f"propagated labels to {len(rows)} scan(s) of {len(sessions)} session(s) -> {out}", file=sys.stderr)
-    return 1 if failures else 0
-
-
-def _sessions(args) -> list:
-    from analysis import silver
-    from morphometry.io import strip_image_suffix
-
-    if args.sessions:
-        if args.scans or args.reference_image or args.reference_labels:
-            raise InputError("give either --sessions CSV or SCAN... with --reference-image/--reference-labels")
-        return silver.read_sessions(args.sessions)
-    if not (args.scans and args.reference_image and args.reference_labels):
-        raise InputError("give --sessions CSV, or SCAN... with --reference-image and --reference-labels")
-    reference = Path(args.reference_image)
-    scans = tuple((strip_image_suffix(Path(s).name), Path(s)) for s in args.scans)
-    ids = [scan_id for scan_id, _ in scans]
-    if len(set(ids)) != len(ids):
-        raise InputError(f"two scans share the scan_id {next(i for i in ids if ids.count(i) > 1)}")
-    return [silver.Session("session", strip_image_suffix(reference.name), reference,
-                           Path(args.reference_labels), scans)]

@@ -62,7 +62,7 @@ def fittable(volumes) -> tuple[list[str], list[str]]:
     the methods for which all of them vary (a weak model that never finds a structure is left out)."""
     from morphometry.errors import DataError
     from morphometry.labels import BILATERAL_STRUCTURES
-    from reports.style import method_order
+    from morphometry.reports.style import method_order
 
     varying = {}
     for name in DEMO_STRUCTURES:
@@ -97,9 +97,9 @@ def run(args: argparse.Namespace) -> int:
 
     from morphometry.errors import InputError
     from morphometry.tables import atomic_write, read_volumes, write_volumes
-    from segment.bundle import load_bundle
-    from segment.commands import DEFAULT_BUNDLE
-    from segment.methods import supported_methods
+    from morphometry.segment.bundle import load_bundle
+    from morphometry.segment.models import STARTER_BUNDLE as DEFAULT_BUNDLE
+    from morphometry.segment.methods import supported_methods
 
     size = QUICK if args.quick else FULL
     out = args.out

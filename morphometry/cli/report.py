@@ -26,8 +26,8 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from reports.report import ReportInputs, build_report
+def run(args) -> int:
+    from morphometry.reports.report import ReportInputs, build_report
 
     inputs = ReportInputs(tuple(args.volumes), args.ageing, args.evaluation, args.covariates,
                           tuple(args.structures), planted=args.planted, title=args.title)

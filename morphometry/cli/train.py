@@ -90,7 +90,7 @@ def _torch_or_error():
     try:
         import torch  # noqa: F401
     except ImportError:
-        raise InputError("morpho train needs PyTorch: pip install 'morphometry[train]'") from None
+        raise InputError("morpho train needs PyTorch: pip install 'morphometry-mri[train]'") from None
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -98,7 +98,7 @@ def run_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from morphometry.errors import InputError
-    from segment.training.train import TrainConfig, load_config, train
+    from morphometry.segment.training.train import TrainConfig, load_config, train
 
     given = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in OPTIONS.items()}
     given = {k: v for k, v in given.items() if v is not None}
@@ -122,8 +122,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     _torch_or_error()
-    from segment.bundle import verify_bundle
-    from segment.training.export import export_bundle, read_evaluation
+    from morphometry.segment.bundle import verify_bundle
+    from morphometry.segment.training.export import export_bundle, read_evaluation
 
     evaluation = read_evaluation(args.evaluation) if args.evaluation else None
     bundle = export_bundle(args.runs, args.out, args.model_id or args.out.name, evaluation, args.description)
@@ -135,8 +135,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from segment.bundle import load_bundle
-    from segment.training.evaluate import (
+    from morphometry.segment.bundle import load_bundle
+    from morphometry.segment.training.evaluate import (
         EvaluationConfig,
         evaluate_bundle,
         structure_table,

@@ -1,22 +1,13 @@
-"""``morpho segment``, ``morpho merge`` and ``morpho models``: argument parsing only; the work is
-imported when a command runs."""
+"""``morpho segment`` and ``morpho merge``."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
-DEFAULT_BUNDLE = Path(__file__).parent / "models" / "starter"
-METHOD_NAMES = ("synthseg+", "s1+s2", "synthseg", "synthseg+d", "s1+s2+d")
-
-
-def bundle_dirs() -> list[Path]:
-    """Where ``morpho models list`` looks: the shipped bundles and ``$MORPHO_MODELS`` (os.pathsep list)."""
-    extra = [Path(p) for p in os.environ.get("MORPHO_MODELS", "").split(os.pathsep) if p]
-    return [DEFAULT_BUNDLE.parent, *extra]
+from morphometry.segment.methods import METHODS
+from morphometry.segment.models import STARTER_BUNDLE as DEFAULT_BUNDLE
 
 
 def register(sub) -> None:
@@ -30,7 +21,7 @@ def register(sub) -> None:
                         "give subject and session) or manifest CSVs (column path; optional scan_id, "
                         "subject_id, session_id; other columns are kept)")
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
-    p.add_argument("--method", action="append", choices=METHOD_NAMES,
+    p.add_argument("--method", action="append", choices=tuple(METHODS),
                    help="method to run; repeat for several (default: synthseg+)")
     p.add_argument("--models", type=Path, default=None,
                    help=f"model bundle folder (default: the starter bundle shipped in {DEFAULT_BUNDLE})")
@@ -64,32 +55,18 @@ def register(sub) -> None:
     m.add_argument("-o", "--out", required=True, type=Path, help="folder for the merged tables")
     m.set_defaults(func=run_merge)
 
-    models = sub.add_parser("models", help="list, show and verify model bundles")
-    msub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
-    ls = msub.add_parser("list", help="bundles shipped with the package and in $MORPHO_MODELS")
-    ls.set_defaults(func=run_models_list)
-    show = msub.add_parser("show", help="networks, labels, resolution and provenance of a bundle")
-    show.add_argument("bundle", type=Path)
-    show.set_defaults(func=run_models_show)
-    verify = msub.add_parser("verify", help="check files, hashes, shapes and label lists of a bundle")
-    verify.add_argument("bundle", type=Path)
-    verify.set_defaults(func=run_models_verify)
-    from segment import keras_import_cli
-
-    keras_import_cli.register(msub)
-
 
 def run_segment(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
     from morphometry.errors import InputError, ModelError
     from morphometry.inputs import discover
-    from segment import journal
-    from segment.batch import (Outputs, SegmentBatch, Shard, merge_outputs, provenance, remove_partial_writes,
+    from morphometry.segment import journal
+    from morphometry.segment.batch import (Outputs, SegmentBatch, Shard, merge_outputs, provenance, remove_partial_writes,
                                write_provenance)
-    from segment.bundle import load_bundle, verify_bundle
-    from segment.methods import resolve_methods
-    from segment.runtime import Engine, RuntimeConfig
+    from morphometry.segment.bundle import load_bundle, verify_bundle
+    from morphometry.segment.methods import resolve_methods
+    from morphometry.segment.runtime import Engine, RuntimeConfig
 
     started = datetime.now(timezone.utc)
     methods = resolve_methods(args.method)
@@ -139,8 +116,8 @@ def _progress(total: int):
 
 def run_merge(args: argparse.Namespace) -> int:
     from morphometry.errors import InputError
-    from segment import journal
-    from segment.batch import merge_outputs
+    from morphometry.segment import journal
+    from morphometry.segment.batch import merge_outputs
 
     for src in args.sources:
         if not journal.entries(src):
@@ -148,49 +125,3 @@ def run_merge(args: argparse.Namespace) -> int:
     rows, failures = merge_outputs(args.out, args.sources)
     print(f"merged {len(args.sources)} folder(s): {rows} rows, {failures} failure(s) -> {args.out}", file=sys.stderr)
     return 0
-
-
-def run_models_list(args: argparse.Namespace) -> int:
-    from morphometry.errors import MorphometryError
-    from segment.bundle import load_bundle
-    from segment.methods import supported_methods
-
-    found = 0
-    for folder in bundle_dirs():
-        for meta in sorted(Path(folder).glob("*/bundle.json")) if Path(folder).is_dir() else []:
-            try:
-                b = load_bundle(meta.parent)
-            except MorphometryError as exc:
-                print(f"{meta.parent}\tunreadable: {exc}")
-                continue
-            found += 1
-            print(f"{b.model_id}\t{b.root}\tnetworks: {', '.join(b.networks)}\t"
-                  f"methods: {', '.join(supported_methods(set(b.networks))) or 'none'}")
-    if not found:
-        print("no bundles found (looked in: " + ", ".join(map(str, bundle_dirs())) + ")", file=sys.stderr)
-    return 0
-
-
-def run_models_show(args: argparse.Namespace) -> int:
-    from segment.bundle import load_bundle
-    from segment.methods import supported_methods
-
-    b = load_bundle(args.bundle)
-    print(f"model_id: {b.model_id}\npath: {b.root}\nresolution: {b.resolution_mm} mm\n"
-          f"normalisation: {b.normalisation}\nlicence: {b.licence}\n"
-          f"methods: {', '.join(supported_methods(set(b.networks))) or 'none'}")
-    for role, net in b.networks.items():
-        print(f"  {role}: {net.file}  in={len(net.input_channels)} out={len(net.labels)}  sha256={net.sha256[:16]}…")
-    print("provenance: " + json.dumps(b.provenance, indent=1))
-    return 0
-
-
-def run_models_verify(args: argparse.Namespace) -> int:
-    from segment.bundle import load_bundle, verify_bundle
-
-    b = load_bundle(args.bundle)
-    problems = verify_bundle(b)
-    for p in problems:
-        print(f"{b.root}: {p}", file=sys.stderr)
-    print(f"{b.root}: {'OK' if not problems else f'{len(problems)} problem(s)'} ({len(b.networks)} networks)")
-    return 0 if not problems else 1

@@ -36,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from morphometry.errors import InputError
-    from segment.synthesis.anatomy import anatomy_from_file, default_anatomy
-    from segment.synthesis.cohort import CohortConfig, simulate_cohort
+    from morphometry.segment.synthesis.anatomy import anatomy_from_file, default_anatomy
+    from morphometry.segment.synthesis.cohort import CohortConfig, simulate_cohort
 
     if args.downsample < 1:
         raise InputError(f"--downsample must be at least 1 (got {args.downsample})")

@@ -1,0 +1,111 @@
+"""``morpho models``: list, show and verify model bundles; import the official Keras weights."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+KIND_CHOICES = ("robust", "synthseg", "parc", "qc")  # the kinds of morphometry.segment.keras_import.KINDS
+
+
+def register(sub) -> None:
+    models = sub.add_parser("models", help="list, show and verify model bundles")
+    msub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    ls = msub.add_parser("list", help="bundles shipped with the package and in $MORPHO_MODELS")
+    ls.set_defaults(func=run_models_list)
+    show = msub.add_parser("show", help="networks, labels, resolution and provenance of a bundle")
+    show.add_argument("bundle", type=Path)
+    show.set_defaults(func=run_models_show)
+    verify = msub.add_parser("verify", help="check files, hashes, shapes and label lists of a bundle")
+    verify.add_argument("bundle", type=Path)
+    verify.set_defaults(func=run_models_verify)
+    _register_import(msub)
+
+
+def _register_import(msub) -> None:
+    p = msub.add_parser(
+        "import-keras",
+        help="convert SynthSeg/SynthSeg+ Keras .h5 weights into a model bundle",
+        description="Convert the Keras HDF5 weight files of SynthSeg (synthseg_1.0.h5, synthseg_2.0.h5), "
+                    "SynthSeg+ (synthseg_robust_2.0.h5), the cortical parcellation (synthseg_parc_2.0.h5) "
+                    "and the QC regressor (synthseg_qc_2.0.h5) into one ONNX model bundle for "
+                    "`morpho segment --models`. Reads weights-only and full-model files with h5py; "
+                    "TensorFlow is not needed. The architecture is inferred from layer names and "
+                    "weight shapes and checked layer by layer.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("files", nargs="+", metavar="FILE.h5", help="Keras HDF5 files (weights-only or full model)")
+    p.add_argument("-o", "--output", required=True, metavar="BUNDLE_DIR",
+                   help="new bundle folder (must not already hold a bundle)")
+    p.add_argument("--kind", action="append", choices=KIND_CHOICES, default=None,
+                   help="network kind to take from the files instead of detecting it from the layer names: "
+                        "give it once for all files or once per file, in file order "
+                        "(default: every kind each file holds)")
+    p.add_argument("--model-id", default=None,
+                   help="bundle identifier recorded in bundle.json and in volume tables "
+                        "(default: keras-<kinds>-<hash of the source files>)")
+    p.set_defaults(func=run_import)
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from morphometry.segment.keras_import import import_keras
+    from morphometry.segment.methods import supported_methods
+
+    bundle = import_keras(args.files, args.output, args.kind, args.model_id)
+    for record in bundle.provenance["files"]:
+        print(f"{record['file']}: {record['layout']}, {'+'.join(record['kinds'])} -> "
+              f"{', '.join(record['roles'])} (sha256 {record['sha256'][:12]}...)")
+    methods = supported_methods(set(bundle.networks)) or ["none"]
+    extras = [flag for flag, role in (("--parc", "parc"), ("--qc", "qc")) if role in bundle.networks]
+    print(f"bundle {bundle.model_id} written to {bundle.root}; methods: {', '.join(methods)}"
+          + (f"; options: {' '.join(extras)}" if extras else ""))
+    return 0
+
+
+def run_models_list(args: argparse.Namespace) -> int:
+    from morphometry.errors import MorphometryError
+    from morphometry.segment.bundle import load_bundle
+    from morphometry.segment.methods import supported_methods
+    from morphometry.segment.models import bundle_dirs
+
+    found = 0
+    for folder in bundle_dirs():
+        for meta in sorted(Path(folder).glob("*/bundle.json")) if Path(folder).is_dir() else []:
+            try:
+                b = load_bundle(meta.parent)
+            except MorphometryError as exc:
+                print(f"{meta.parent}\tunreadable: {exc}")
+                continue
+            found += 1
+            print(f"{b.model_id}\t{b.root}\tnetworks: {', '.join(b.networks)}\t"
+                  f"methods: {', '.join(supported_methods(set(b.networks))) or 'none'}")
+    if not found:
+        print("no bundles found (looked in: " + ", ".join(map(str, bundle_dirs())) + ")", file=sys.stderr)
+    return 0
+
+
+def run_models_show(args: argparse.Namespace) -> int:
+    from morphometry.segment.bundle import load_bundle
+    from morphometry.segment.methods import supported_methods
+
+    b = load_bundle(args.bundle)
+    print(f"model_id: {b.model_id}\npath: {b.root}\nresolution: {b.resolution_mm} mm\n"
+          f"normalisation: {b.normalisation}\nlicence: {b.licence}\n"
+          f"methods: {', '.join(supported_methods(set(b.networks))) or 'none'}")
+    for role, net in b.networks.items():
+        print(f"  {role}: {net.file}  in={len(net.input_channels)} out={len(net.labels)}  sha256={net.sha256[:16]}…")
+    print("provenance: " + json.dumps(b.provenance, indent=1))
+    return 0
+
+
+def run_models_verify(args: argparse.Namespace) -> int:
+    from morphometry.segment.bundle import load_bundle, verify_bundle
+
+    b = load_bundle(args.bundle)
+    problems = verify_bundle(b)
+    for p in problems:
+        print(f"{b.root}: {p}", file=sys.stderr)
+    print(f"{b.root}: {'OK' if not problems else f'{len(problems)} problem(s)'} ({len(b.networks)} networks)")
+    return 0 if not problems else 1

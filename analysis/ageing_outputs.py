@@ -1,11 +1,13 @@
-"""Files written by ``morpho fit-ageing`` (all atomic: temp file + rename).
+"""Files written by ``morpho fit-ageing`` and ``AgeingFit.write`` (all atomic: temp file + rename).
 
-- ``coefficients.csv``: one row per (method, structure, term): estimate, cluster-robust SE, 95%
-  t interval, and bootstrap SE / percentile interval when bootstrapped.
+- ``coefficients.csv``: one row per (method, structure, term): estimate, SE (cluster-robust, or
+  MixedLM's with a random intercept), 95% t interval, and bootstrap SE / percentile interval
+  when bootstrapped.
 - ``trajectories.parquet``: trajectories on a 1-year grid (reference spacing, sexes averaged)
   and differences to the reference method, with pointwise bootstrap bands.
 - ``summary.csv``: one row per (method, structure): n, residual SD, R^2, peak age, annual %
-  change, outlier count (+ bootstrap intervals of the change metrics).
+  change, outlier count (+ subject and scan SDs with a random intercept, bootstrap intervals of
+  the change metrics).
 - ``outliers.csv``: scans with |residual| above ``outlier_sd`` robust SDs.
 - ``adjusted_volumes.parquet``: every scan's volume, fitted value, covariate-adjusted volume and
   residual (what the figures scatter).
@@ -19,33 +21,18 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from morphometry.analysis.ageing import AgeingBootstrap, AgeingFit
 from morphometry.tables import atomic_write, write_parquet
 
 OUTPUT_FILES = ("coefficients.csv", "trajectories.parquet", "summary.csv", "outliers.csv",
                 "adjusted_volumes.parquet", "ageing.json")
 
 
-def coefficients_table(fit: AgeingFit, boot: AgeingBootstrap | None) -> pd.DataFrame:
-    table = fit.coefficients()
-    if boot is not None:
-        table = table.merge(boot.coefficient_intervals(), on=["method", "structure", "term"], how="left")
-    return table
-
-
-def summary_table(fit: AgeingFit, boot: AgeingBootstrap | None) -> pd.DataFrame:
-    table = fit.summary()
-    table["n_bootstrap"] = boot.n_replicates if boot is not None else 0
-    if boot is not None:
-        table = table.merge(boot.change_intervals(), on=["method", "structure"], how="left")
-    return table
-
-
-def provenance(fit: AgeingFit, boot: AgeingBootstrap | None, seed: int | None, inputs: dict) -> dict:
+def provenance(fit) -> dict:
+    """The content of ``ageing.json`` for an :class:`~morphometry.analysis.ageing_model.AgeingFit`."""
     from morphometry import __version__
 
+    boot = fit.bootstrap_result
     return {
         "morphometry_version": __version__,
         "spec": dataclasses.asdict(fit.spec),
@@ -59,22 +46,21 @@ def provenance(fit: AgeingFit, boot: AgeingBootstrap | None, seed: int | None, i
         "units": fit.spec.units_label,
         "n_bootstrap": boot.n_replicates if boot is not None else 0,
         "bootstrap_not_converged": boot.n_not_converged if boot is not None else 0,
-        "seed": seed,
-        "inputs": inputs,
+        "seed": boot.seed if boot is not None else None,
+        "inputs": fit.inputs,
     }
 
 
-def write_ageing_outputs(fit: AgeingFit, boot: AgeingBootstrap | None, out_dir: Path, *,
-                         seed: int | None, inputs: dict, reference_method: str | None = None) -> dict:
-    """Write every output file into ``out_dir``; return {name: DataFrame or dict} as written."""
+def write_ageing_outputs(fit, out_dir: Path, *, reference_method: str | None = None) -> dict:
+    """Write every output file of ``fit`` (with its attached bootstrap, if any) into ``out_dir``;
+    return {name: DataFrame or dict} as written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta = provenance(fit, boot, seed, inputs)
-    source = boot if boot is not None else fit
+    meta = provenance(fit)
     tables = {
-        "coefficients.csv": coefficients_table(fit, boot),
-        "trajectories.parquet": source.trajectories(reference_method),
-        "summary.csv": summary_table(fit, boot),
+        "coefficients.csv": fit.coefficients(),
+        "trajectories.parquet": fit.trajectories(reference_method),
+        "summary.csv": fit.summary(),
         "outliers.csv": fit.outliers(),
         "adjusted_volumes.parquet": fit.residuals(),
     }

@@ -10,13 +10,16 @@ space; the transform maps scan (fixed) points to reference (moving) points.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from morphometry.atomic import atomic_write
 from morphometry.errors import DataError, InputError
+from morphometry.io import strip_image_suffix
+from morphometry.progress import Progress
 from morphometry.tables import read_text_csv
 
 INITIALISATIONS = ("moments", "geometry", "world")
@@ -43,11 +46,11 @@ class RegistrationConfig:
 
     def __post_init__(self):
         if self.init not in INITIALISATIONS:
-            raise InputError(f"--init must be one of {', '.join(INITIALISATIONS)}, not {self.init!r}")
+            raise InputError(f"must be one of {', '.join(INITIALISATIONS)}, not {self.init!r}", setting="init")
         if len(self.shrink_factors) != len(self.smoothing_sigmas_mm):
             raise InputError("shrink factors and smoothing sigmas need one value per level")
         if not 0.0 < self.sampling_fraction <= 1.0:
-            raise InputError(f"sampling fraction must lie in (0, 1] (got {self.sampling_fraction})")
+            raise InputError(f"fraction must lie in (0, 1] (got {self.sampling_fraction})", setting="sampling")
 
 
 def to_sitk(data: np.ndarray, affine: np.ndarray, pixel_type=None):
@@ -197,29 +200,37 @@ class Session:
     scans: tuple[tuple[str, Path], ...]  # (scan_id, path)
 
 
-def read_sessions(path: str | Path) -> list[Session]:
-    """Sessions from a CSV with columns session_id, scan_id, path, labels.
+SESSION_COLUMNS = ("session_id", "scan_id", "path", "labels")
+
+
+def read_sessions(source: str | Path | pd.DataFrame) -> list[Session]:
+    """Sessions from a CSV or DataFrame with columns session_id, scan_id, path, labels.
 
     ``labels`` is filled on the reference row of each session (the label map of that scan) and
-    empty elsewhere; relative paths are taken from the CSV's folder.
+    empty elsewhere; relative paths are taken from the CSV's folder (the working folder for a
+    DataFrame).
     """
-    path = Path(path)
-    df = read_text_csv(path, "session manifest")
-    needed = ("session_id", "scan_id", "path", "labels")
-    missing = [c for c in needed if c not in df.columns]
+    if isinstance(source, pd.DataFrame):
+        name, folder = "sessions table", Path()
+        df = source.fillna("").astype(str)
+    else:
+        name, folder = str(source), Path(source).parent
+        df = read_text_csv(Path(source), "session manifest")
+    missing = [c for c in SESSION_COLUMNS if c not in df.columns]
     if missing:
-        raise InputError(f"{path}: session manifest lacks column(s) {', '.join(missing)} (needs {', '.join(needed)})")
+        raise InputError(f"{name}: session manifest lacks column(s) {', '.join(missing)} "
+                         f"(needs {', '.join(SESSION_COLUMNS)})")
     if df["scan_id"].duplicated().any():
-        raise InputError(f"{path}: scan_id {df.loc[df['scan_id'].duplicated(), 'scan_id'].iloc[0]} appears twice")
+        raise InputError(f"{name}: scan_id {df.loc[df['scan_id'].duplicated(), 'scan_id'].iloc[0]} appears twice")
 
     def resolve(p: str) -> Path:
-        return Path(p) if Path(p).is_absolute() else path.parent / p
+        return Path(p) if Path(p).is_absolute() else folder / p
 
     sessions = []
     for session_id, rows in df.groupby("session_id", sort=False):
         refs = rows[rows["labels"] != ""]
         if len(refs) != 1:
-            raise InputError(f"{path}: session {session_id} has {len(refs)} rows with labels; exactly one "
+            raise InputError(f"{name}: session {session_id} has {len(refs)} rows with labels; exactly one "
                              "(the reference scan) is required")
         ref = refs.iloc[0]
         others = tuple((r.scan_id, resolve(r.path)) for r in rows.itertuples() if r.labels == "")
@@ -228,57 +239,149 @@ def read_sessions(path: str | Path) -> list[Session]:
     return sessions
 
 
-def write_atomic(path: Path, save) -> None:
-    """Call ``save(tmp)`` on a hidden file with the same suffix in the same folder, then rename it
-    onto ``path`` (the suffix tells nibabel and SimpleITK the format)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-    tmp = path.with_name(f".{path.name}.partial{suffix}")
-    try:
-        save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def single_session(scans, reference_image: str | Path, reference_labels: str | Path,
+                   session_id: str = "session") -> Session:
+    """One session from its scans (paths named ``<scan_id>``, or a dict ``{scan_id: path}``), its
+    reference image (the name gives its scan_id) and the reference's label map."""
+    if isinstance(scans, (str, Path)):
+        scans = [scans]
+    items = ([(str(k), Path(v)) for k, v in scans.items()] if isinstance(scans, dict)
+             else [(strip_image_suffix(Path(s).name), Path(s)) for s in scans])
+    ids = [scan_id for scan_id, _ in items]
+    if len(set(ids)) != len(ids):
+        raise InputError(f"two scans share the scan_id {next(i for i in ids if ids.count(i) > 1)}", setting="scans")
+    reference = Path(reference_image)
+    return Session(session_id, strip_image_suffix(reference.name), reference, Path(reference_labels), tuple(items))
 
 
-def propagate_session(session: Session, out_dir: Path, config: RegistrationConfig,
-                      rng: np.random.Generator) -> tuple[list[dict], list[dict]]:
+def propagate_session(session: Session, out_dir: Path, config: RegistrationConfig, rng: np.random.Generator,
+                      progress: Progress | None = None) -> tuple[list[dict], list[dict]]:
     """Register the reference to every scan of the session and write the propagated labels.
 
     Writes ``out_dir/silver/<scan_id>.nii.gz`` (int32 labels on the scan's grid) and
-    ``out_dir/transforms/<scan_id>.tfm``; returns (report rows, failure rows).
+    ``out_dir/transforms/<scan_id>.tfm``; returns (report rows, failure rows). ``progress`` counts
+    the scans done and logs each failure (``failed: <scan_id>: <error>``) as it happens.
     """
     import nibabel as nib
     import SimpleITK as sitk
 
-    from morphometry.analysis.evaluation import load_labels
+    from morphometry.analysis.label_maps import load_labels
     from morphometry.io import load_scan
+
+    def failed(scan_id: str, scan_path: Path, error: str) -> dict:
+        if progress is not None:
+            progress.write(f"failed: {scan_id}: {error}")
+            progress.update()
+        return {"scan_id": scan_id, "session_id": session.session_id, "path": str(scan_path), "error": error}
 
     try:
         reference = load_scan(session.reference_image)
         labels = load_labels(session.reference_labels)
     except (InputError, DataError) as exc:
-        return [], [{"scan_id": scan_id, "session_id": session.session_id, "path": str(p), "error": str(exc)}
-                    for scan_id, p in session.scans]
+        return [], [failed(scan_id, p, str(exc)) for scan_id, p in session.scans]
     rows, failures = [], []
     for scan_id, scan_path in session.scans:
         try:
             scan = load_scan(scan_path)
             reg = register_rigid(scan.data, scan.affine, reference.data, reference.affine, config, rng)
-            silver = propagate_labels(labels.data, labels.affine, reg, scan.data.shape[:3], scan.affine)
+            silver_labels = propagate_labels(labels.data, labels.affine, reg, scan.data.shape[:3], scan.affine)
         except (InputError, DataError) as exc:
             error = str(exc) if str(scan_path) in str(exc) else f"{scan_path}: {exc}"
-            failures.append({"scan_id": scan_id, "session_id": session.session_id, "path": str(scan_path),
-                             "error": error})
+            failures.append(failed(scan_id, scan_path, error))
             continue
         silver_path = out_dir / "silver" / f"{scan_id}.nii.gz"
         transform_path = out_dir / "transforms" / f"{scan_id}.tfm"
-        image = nib.Nifti1Image(silver, scan.affine)
+        image = nib.Nifti1Image(silver_labels, scan.affine)
         image.set_data_dtype(np.int32)
-        write_atomic(silver_path, lambda tmp: nib.save(image, str(tmp)))
-        write_atomic(transform_path, lambda tmp: sitk.WriteTransform(reg.transform, str(tmp)))
+        atomic_write(silver_path, lambda tmp: nib.save(image, str(tmp)), suffix=".nii.gz")
+        atomic_write(transform_path, lambda tmp: sitk.WriteTransform(reg.transform, str(tmp)), suffix=".tfm")
         rows.append({"scan_id": scan_id, "session_id": session.session_id,
                      "reference_scan_id": session.reference_scan_id, "silver_path": str(silver_path),
                      "transform_path": str(transform_path), **reg.report()})
+        if progress is not None:
+            progress.update()
     return rows, failures
+
+
+# ---------------------------------------------------------------- the Python API
+
+
+@dataclass(frozen=True, repr=False)
+class SilverResult:
+    """What :func:`silver` wrote to ``out_dir``.
+
+    ``registrations``: one row per propagated scan (``registration.csv``: session, reference,
+    paths, Euler angles in degrees, translation in mm, final metric, seed, RAS matrix);
+    ``manifest``: scan_id, path of each silver standard (``silver.csv``, a reference manifest for
+    :func:`morphometry.analysis.evaluation.evaluate`); ``failures``: scan_id, session_id, path,
+    error (``failures.csv``).
+    """
+
+    out_dir: Path
+    registrations: pd.DataFrame
+    manifest: pd.DataFrame
+    failures: pd.DataFrame
+    n_sessions: int
+
+    @property
+    def ok(self) -> bool:
+        """True when labels were propagated to every scan."""
+        return self.failures.empty
+
+    def __repr__(self) -> str:
+        return (f"SilverResult({len(self.registrations)} scan(s) of {self.n_sessions} session(s) -> {self.out_dir}; "
+                f"{len(self.failures)} failure(s))")
+
+
+def silver(out_dir: str | Path, *, sessions=None, scans=None, reference_image: str | Path | None = None,
+           reference_labels: str | Path | None = None, init: str = "moments", sampling: float = 0.25,
+           threads: int = 0, seed: int = 0, progress: bool = True) -> SilverResult:
+    """Silver standards: propagate each session's reference labels to its other scans.
+
+    Give ``sessions`` (a CSV or DataFrame: session_id, scan_id, path, labels on the reference row;
+    see :func:`read_sessions`) or one session as ``scans`` (paths named ``<scan_id>``, or a dict
+    ``{scan_id: path}``) with ``reference_image`` and ``reference_labels``. The reference image
+    is registered rigidly to every scan (``init``: ``moments``, ``geometry`` or ``world``;
+    ``sampling``: fraction of the scan's voxels sampled by the metric per level; ``threads``:
+    SimpleITK threads, 0 for all cores; ``seed``: seed of the metric sampling) and its labels
+    resampled onto the scan with nearest neighbour. Writes ``silver/<scan_id>.nii.gz``,
+    ``transforms/<scan_id>.tfm``, ``registration.csv`` and ``silver.csv`` (when a scan succeeded),
+    ``failures.csv`` (when one failed) into ``out_dir``. A scan that fails is logged and the rest
+    finish.
+    """
+    config = RegistrationConfig(init=init, sampling_fraction=sampling, threads=threads)
+    chosen = _sessions(sessions, scans, reference_image, reference_labels)
+    out = Path(out_dir).resolve()
+    rng = np.random.default_rng(seed)
+    rows, failures = [], []
+    total = sum(len(s.scans) for s in chosen)
+    with Progress(total, "silver", unit="scan", enabled=None if progress else False) as bar:
+        for session in chosen:
+            done, failed = propagate_session(session, out, config, rng, bar)
+            rows += done
+            failures += failed
+    registrations = pd.DataFrame(rows)
+    manifest = (registrations[["scan_id", "silver_path"]].rename(columns={"silver_path": "path"}) if rows
+                else pd.DataFrame(columns=["scan_id", "path"]))
+    if rows:
+        atomic_write(out / "registration.csv", lambda tmp: registrations.to_csv(tmp, index=False))
+        atomic_write(out / "silver.csv", lambda tmp: manifest.to_csv(tmp, index=False))
+    failure_table = pd.DataFrame(failures, columns=["scan_id", "session_id", "path", "error"])
+    if failures:
+        atomic_write(out / "failures.csv", lambda tmp: failure_table.to_csv(tmp, index=False))
+    return SilverResult(out, registrations, manifest, failure_table, len(chosen))
+
+
+def _sessions(sessions, scans, reference_image, reference_labels) -> list[Session]:
+    if sessions is not None:
+        if scans or reference_image or reference_labels:
+            raise InputError("give a sessions manifest or one session's scans with its reference image and "
+                             "labels, not both", setting="sessions")
+        return read_sessions(sessions)
+    if not scans:
+        raise InputError("give a sessions manifest, or scans with a reference image and its labels",
+                         setting="sessions")
+    for value, setting in ((reference_image, "reference_image"), (reference_labels, "reference_labels")):
+        if not value:
+            raise InputError("needed with scans (one session)", setting=setting)
+    return [single_session(scans, reference_image, reference_labels)]

@@ -121,6 +121,17 @@ def increment_map(p: int, settings: PenaltySettings) -> np.ndarray:
     return t
 
 
+def active_map(p: int, settings: PenaltySettings, fixed: np.ndarray) -> np.ndarray:
+    """Matrix A (p x r) with ``beta = A @ theta_r`` where theta_r drops the increments flagged in
+    ``fixed`` (held at zero by the penalty): ``X @ A`` is the active design of a penalised fit.
+    Without fixed increments, the identity."""
+    if not fixed.any():
+        return np.eye(p)
+    keep = np.ones(p, dtype=bool)
+    keep[1 : settings.n_spline] = ~fixed
+    return increment_map(p, settings)[:, keep]
+
+
 def _reparametrisation(p: int, settings: PenaltySettings) -> np.ndarray:
     """Matrix M with ``beta = M @ theta``, theta = (first spline coef, u, v, other coefs)."""
     k, d = settings.n_spline, settings.direction

@@ -25,6 +25,7 @@ import nibabel as nib
 import numpy as np
 
 from morphometry.analysis import evaluation as ev
+from morphometry.analysis.evaluation_inputs import find_predictions, find_references, pair_by_scan_id
 from morphometry.analysis.metrics import label_metrics
 from morphometry.labels import SYNTHSEG_2
 
@@ -78,7 +79,7 @@ def main() -> int:
             nib.save(nib.Nifti1Image(ref_i, aff_i), str(tmp / "ref" / f"s{i}.nii.gz"))
             nib.save(nib.Nifti1Image(moved(ref_i), aff_i), str(tmp / "seg" / f"s{i}_synthseg+.nii.gz"))
             nib.save(nib.Nifti1Image(ref_i, aff_i), str(tmp / "seg" / f"s{i}_synthseg.nii.gz"))
-        pairing = ev.pair_by_scan_id(ev.find_predictions(tmp), ev.find_references(tmp / "ref"))
+        pairing = pair_by_scan_id(find_predictions(tmp), find_references(tmp / "ref"))
         config = ev.EvaluationConfig()
         n = len(pairing.pairs)
         t, cpu, _ = timed(lambda: ev.evaluate_pair(*pairing.pairs[0], config), args.repeats)

@@ -47,9 +47,8 @@ def bench_training(args) -> None:
         load_maps,
         split_label_maps,
     )
-    from morphometry.segment.training.export import inference_stage
     from morphometry.segment.training.losses import soft_dice_loss
-    from morphometry.segment.training.train import TrainConfig
+    from morphometry.segment.training.runs import TrainConfig, inference_stage
     from morphometry.segment.training.unet_torch import UNet
 
     torch.set_num_threads(1)

@@ -1,7 +1,8 @@
 """Loading and checking scans.
 
 ``load_scan`` reads a NIfTI (.nii, .nii.gz) or MGZ/MGH file, checks it and returns a 3-D float32
-array with its affine and acquisition facts. Every problem becomes an :class:`InputError` with a
+array with its affine and acquisition facts; ``check_image`` applies the same checks to a nibabel
+image held in memory. Every problem becomes an :class:`InputError` with a
 one-line cause; recoverable oddities (a 4-D series, non-finite voxels, very few slices) become
 warnings carried on the scan. The image size is checked from the header, before any voxel is
 read, so an absurd header cannot exhaust memory.
@@ -17,6 +18,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from morphometry.atomic import atomic_write
 from morphometry.errors import InputError
 from morphometry.orientation import AXIS_NAMES, RasAlignment, ras_alignment
 
@@ -132,21 +134,25 @@ def _check_geometry(path: Path, img, limits: LoadLimits) -> tuple[tuple[int, ...
     return spatial, warnings
 
 
-def _stored_zooms(path: Path, img) -> tuple[float, ...]:
-    """Voxel sizes as stored in the file. nibabel silently replaces zero or negative NIfTI pixdims by
-    1 or their absolute value when loading, so NIfTI headers are re-read without that fix."""
+def _stored_zooms(img, file: Path | None) -> tuple[float, ...]:
+    """Voxel sizes as stored in the header. nibabel silently replaces zero or negative NIfTI pixdims by
+    1 or their absolute value when loading, so the header of a NIfTI ``file`` is re-read without that
+    fix (an image in memory has no file: its header is taken as it is)."""
     if isinstance(img, nib.Nifti1Image):
-        with nib.openers.ImageOpener(str(path)) as fh:
-            raw = type(img.header)(fh.read(img.header.sizeof_hdr), check=False)
-        return tuple(float(z) for z in raw["pixdim"][1:4])
+        header = img.header
+        if file is not None:
+            with nib.openers.ImageOpener(str(file)) as fh:
+                header = type(img.header)(fh.read(img.header.sizeof_hdr), check=False)
+        return tuple(float(z) for z in header["pixdim"][1:4])
     return tuple(float(z) for z in img.header.get_zooms()[:3])
 
 
-def _check_affine(path: Path, img) -> tuple[np.ndarray, tuple[float, float, float]]:
-    affine = np.asarray(img.affine, dtype=np.float64)
+def _check_affine(path: Path, img, file: Path | None) -> tuple[np.ndarray, tuple[float, float, float]]:
+    # an image made in memory without an affine is saved (and reloaded) with the header's best affine
+    affine = np.asarray(img.affine if img.affine is not None else img.header.get_best_affine(), dtype=np.float64)
     if not np.all(np.isfinite(affine)):
         raise InputError(f"{path}: non-finite values in the affine")
-    zooms = _stored_zooms(path, img)
+    zooms = _stored_zooms(img, file)
     if not all(np.isfinite(zooms)) or min(zooms) <= 0:
         raise InputError(f"{path}: zero or negative voxel size in the header {zooms}")
     lin = affine[:3, :3]
@@ -180,9 +186,23 @@ def load_scan(path: str | Path, limits: LoadLimits = LoadLimits()) -> Scan:
     whose finite voxels are all equal (all-zero or constant), is refused.
     """
     path = Path(path)
-    img = _open(path)
+    return _checked_scan(_open(path), path, limits, file=path)
+
+
+def check_image(img, name: str | Path = "image", limits: LoadLimits = LoadLimits()) -> Scan:
+    """Check a nibabel image held in memory (Nifti1Image, Nifti2Image, MGHImage, ...) with the rules
+    of :func:`load_scan`; ``name`` (its file, or a label) starts every error message and becomes the
+    scan's ``path``."""
+    if not isinstance(img, nib.spatialimages.SpatialImage):
+        raise InputError(f"{name}: expected a nibabel image (e.g. Nifti1Image, MGHImage), got {type(img).__name__}")
+    return _checked_scan(img, Path(name), limits, file=None)
+
+
+def _checked_scan(img, path: Path, limits: LoadLimits, file: Path | None) -> Scan:
+    """The checks of a loaded or in-memory image; ``path`` names it in messages, ``file`` is where it
+    was read from (None in memory)."""
     shape, warnings = _check_geometry(path, img, limits)
-    affine, zooms = _check_affine(path, img)
+    affine, zooms = _check_affine(path, img, file)
     data = _read_voxels(path, img, len(img.shape) - 3)
     finite = np.isfinite(data)
     n_bad = int(data.size - np.count_nonzero(finite))
@@ -202,17 +222,9 @@ def load_scan(path: str | Path, limits: LoadLimits = LoadLimits()) -> Scan:
 
 
 def save_image(array: np.ndarray, affine: np.ndarray, path: str | Path) -> None:
-    """Write a NIfTI image atomically (temporary file in the same folder, then rename)."""
-    import os
-    import uuid
-
+    """Write a NIfTI image (.nii or .nii.gz) atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     img = nib.Nifti1Image(np.ascontiguousarray(array), affine)
     img.header.set_xyzt_units("mm")
-    tmp = path.parent / f".{uuid.uuid4().hex}.{path.name}"
-    try:
-        nib.save(img, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    atomic_write(path, lambda tmp: nib.save(img, str(tmp)), suffix=suffix)

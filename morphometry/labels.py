@@ -1,6 +1,6 @@
 """Label tables of SynthSeg 2.0 / SynthSeg+ as code.
 
-Values, orders and groupings come from the original label files (see synthseg-facts.md, section 1):
+Values, orders and groupings come from the original label files (``data/labels_classes_priors/*.npy``):
 the 33 segmentation labels in posterior (ascending label value) order, the 5 tissue groups used by
 S1 and D, the topology classes of the connected-component clean-up, the left/right pairs, the 9 QC
 groups and the 68 cortical parcels. Column names in tables are the stable snake_case ``name``s.

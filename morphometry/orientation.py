@@ -4,7 +4,8 @@ For an affine A, world axis j (Right, Anterior, Superior) is assigned the voxel 
 largest |coefficient| in column j of inv(A)[:3, :3]; if two world axes pick the same voxel axis,
 the voxel axis left over replaces the last of the repeated picks. After permuting, every axis whose
 diagonal affine element is negative is flipped. This is the original SynthSeg rule
-(synthseg-facts.md 2.4); for non-oblique affines it equals nibabel's closest canonical orientation.
+(``ext/lab2im/edit_volumes.py``: ``get_ras_axes``); for non-oblique affines it equals nibabel's
+closest canonical orientation.
 """
 
 from __future__ import annotations

@@ -9,13 +9,12 @@ volumes. Written as Parquet (label table and versions in its metadata) and CSV.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from morphometry.atomic import atomic_write
 from morphometry.errors import InputError
 from morphometry.labels import SEGMENTATION_LABELS, STRUCTURES, TOTAL_INTRACRANIAL
 
@@ -33,6 +32,7 @@ ACQUISITION_COLUMNS = (
 VOLUME_COLUMNS = (TOTAL_INTRACRANIAL, *STRUCTURES)
 REQUIRED_COLUMNS = (*ID_COLUMNS, *ACQUISITION_COLUMNS, *VOLUME_COLUMNS)
 METADATA_KEY = b"morphometry"
+_COMPRESSED = (".gz", ".bz2", ".xz", ".zip", ".zst")
 
 
 def order_columns(df: pd.DataFrame) -> pd.DataFrame:
@@ -41,12 +41,15 @@ def order_columns(df: pd.DataFrame) -> pd.DataFrame:
     return df[known + [c for c in df.columns if c not in known]]
 
 
-def validate_volumes(df: pd.DataFrame, source: str) -> pd.DataFrame:
-    """Check the schema; raise InputError naming ``source`` and the missing columns."""
-    missing = [c for c in ("scan_id", "method", *VOLUME_COLUMNS) if c not in df.columns]
+def validate_volumes(df: pd.DataFrame, source: str, columns=VOLUME_COLUMNS) -> pd.DataFrame:
+    """Check ``scan_id``, ``method`` and the volume ``columns`` (default: every structure of the
+    schema; a partial table passes with the ones asked for) and one row per (scan_id, method);
+    raise InputError naming ``source`` and the missing columns."""
+    missing = [c for c in ("scan_id", "method", *columns) if c not in df.columns]
     if missing:
         shown = ", ".join(missing[:6]) + (" ..." if len(missing) > 6 else "")
-        raise InputError(f"{source}: not a volumes table, missing columns: {shown}")
+        what = "not a volumes table, missing columns" if tuple(columns) == VOLUME_COLUMNS else "missing columns"
+        raise InputError(f"{source}: {what}: {shown}")
     dup = df.duplicated(["scan_id", "method"])
     if dup.any():
         first = df.loc[dup, ["scan_id", "method"]].iloc[0].tolist()
@@ -68,23 +71,6 @@ def table_metadata(extra: dict | None = None) -> dict:
     return meta
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path`` (same folder, so the rename is atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_parquet(df: pd.DataFrame, path: Path, metadata: dict) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -103,13 +89,24 @@ def write_volumes(df: pd.DataFrame, out_dir: Path, metadata: dict | None = None)
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    """Read a Parquet or CSV table; InputError for a missing or unreadable file."""
+    """Read a table by its suffix: ``.parquet``; ``.tsv`` or ``.tab`` tab-separated; ``.txt`` with
+    the delimiter detected (tab, comma, semicolon, ...); anything else (``.csv``) comma-separated.
+    Text tables may be compressed (``.csv.gz``, ``.tsv.gz``, ...). InputError for a missing or
+    unreadable file."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found")
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSED:
+        suffixes.pop()
+    kind = suffixes[-1] if suffixes else ""
     try:
-        if path.suffix == ".parquet":
+        if kind == ".parquet":
             return pd.read_parquet(path)
+        if kind in (".tsv", ".tab"):
+            return pd.read_csv(path, sep="\t")
+        if kind == ".txt":
+            return pd.read_csv(path, sep=None, engine="python")
         return pd.read_csv(path)
     except Exception as exc:  # pandas/pyarrow raise many types for a bad file
         raise InputError(f"{path}: cannot read table ({type(exc).__name__}: {exc})") from None
@@ -127,9 +124,10 @@ def read_text_csv(path: Path, what: str) -> pd.DataFrame:
         raise InputError(f"{path}: cannot read {what} ({type(exc).__name__}: {exc})") from None
 
 
-def read_volumes(path: Path) -> pd.DataFrame:
-    """Read and validate a VolumesTable from Parquet or CSV."""
-    return validate_volumes(read_table(path), str(path))
+def read_volumes(path: Path, columns=VOLUME_COLUMNS) -> pd.DataFrame:
+    """Read (see :func:`read_table`) and validate a VolumesTable; ``columns``: the volume columns
+    it must hold (default all)."""
+    return validate_volumes(read_table(path), str(path), columns)
 
 
 def read_metadata(path: Path) -> dict:

@@ -1,8 +1,9 @@
 """Figures of the ageing analysis (the paper's Fig. 6, S5 and S6), drawn from the output tables.
 
 Inputs are the ``trajectories.parquet`` and ``adjusted_volumes.parquet`` tables of
-``morpho fit-ageing`` (or the same frames from :class:`morphometry.analysis.ageing.AgeingFit`), so a report
-can redraw them from a results folder. Scatter: covariate-adjusted volumes (trajectory +
+``morpho fit-ageing`` (or the same frames from
+:class:`morphometry.analysis.ageing_model.AgeingFit`), so a report can redraw them from a results
+folder. Scatter: covariate-adjusted volumes (trajectory +
 residual); lines: trajectories at the reference spacing, sexes averaged; shading: pointwise
 bootstrap bands; outliers (|residual| > 3 robust SD) drawn as crosses and counted per panel
 (the scan count N is in the title). A known truth (the planted curves of a simulated cohort,
@@ -20,7 +21,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import ScalarFormatter
 
-from morphometry.reports.style import RC_PARAMS, method_colour, method_order, save_figure
+from morphometry.methods import method_order
+from morphometry.reports.style import RC_PARAMS, method_colour, save_figure
 
 PAGE_WIDTH_IN = 7.2
 

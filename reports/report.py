@@ -1,14 +1,16 @@
-"""``morpho report``: one self-contained HTML page with the paper's figures and tables for a cohort.
+"""``report``: one self-contained HTML page with the paper's figures and tables for a cohort.
 
 Sections appear for the inputs given: cohort (Fig. S3), segmentation summary, evaluation (Fig. 5),
 ageing (Fig. 6, S5, S6, annual % change, outliers) and provenance. Every figure is also written as
-PNG and PDF into ``<report>_figures/`` beside the page.
+PNG and PDF into ``<report>_figures/`` beside the page. Inputs are output folders and tables, or
+the results objects of the Python API (:mod:`morphometry.reports.report_inputs`).
 """
 
 from __future__ import annotations
 
 import json
 import platform
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,90 +18,109 @@ from pathlib import Path
 import pandas as pd
 
 from morphometry import __version__
+from morphometry.atomic import atomic_write
 from morphometry.errors import InputError
-from morphometry.tables import atomic_write, join_covariates, read_metadata, read_table, read_volumes
+from morphometry.methods import method_order
 from morphometry.reports.html import Page
-from morphometry.reports.style import method_order, save_figure
+from morphometry.reports.report_inputs import (
+    AgeingTables,
+    EvaluationTables,
+    VolumesInput,
+    describe,
+    join_report_covariates,
+    read_ageing,
+    read_evaluation,
+    read_planted,
+    read_volumes_inputs,
+)
+from morphometry.reports.style import save_figure
 
 PREFERRED_STRUCTURES = ("hippocampus", "lateral_ventricle", "cerebral_cortex", "cerebral_white_matter",
                         "thalamus", "amygdala")
 
 
-@dataclass(frozen=True)
-class ReportInputs:
-    """What to report on; every part is optional."""
+def report(out: str | Path, *, volumes=(), ageing=None, evaluation=None, covariates=None,
+           structures: tuple[str, ...] = (), planted=None, title: str = "morphometry report") -> Path:
+    """Write the report page ``out`` (e.g. ``report.html``) and its figures; return the page's path.
 
-    volumes: tuple[Path, ...] = ()
-    ageing: Path | None = None
-    evaluation: Path | None = None
-    covariates: Path | None = None
-    structures: tuple[str, ...] = ()  # structures of Fig. 6 (default: a few of PREFERRED_STRUCTURES)
-    planted: Path | None = None  # known curves (structure, age_years, volume_mm3) drawn in Fig. 6
-    title: str = "morphometry report"
+    ``volumes``: volumes tables (paths or DataFrames, one or several); ``covariates``: a table
+    with age and sex joined to them (path or DataFrame); ``ageing``: an output folder of
+    ``morpho fit-ageing`` or an ``AgeingFit``; ``evaluation``: an output folder of
+    ``morpho evaluate`` or an ``EvaluationResult``; ``structures``: the structures of Fig. 6
+    (default: a few of PREFERRED_STRUCTURES that were fitted); ``planted``: known curves
+    (structure, age_years, volume_mm3; path or DataFrame) drawn in Fig. 6. Give at least one of
+    volumes, ageing and evaluation.
+    """
+    out = Path(out)
+    structures = (structures,) if isinstance(structures, str) else tuple(structures)
+    volume_inputs = read_volumes_inputs(volumes)
+    if not (volume_inputs or ageing is not None or evaluation is not None):
+        raise InputError("nothing to report: give volumes, ageing and/or evaluation")
+    described = {"title": title, "volumes": [describe(v.path if v.path is not None else v.table)
+                                             for v in volume_inputs]}
+    described.update((name, describe(value)) for name, value in (
+        ("ageing", ageing), ("evaluation", evaluation), ("covariates", covariates), ("planted", planted),
+        ("structures", ", ".join(structures) or None)) if value is not None)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as scratch:
+        data = ReportData(
+            volumes=volume_inputs,
+            covariates=covariates,
+            ageing=read_ageing(ageing, Path(scratch)) if ageing is not None else None,
+            evaluation=read_evaluation(evaluation, Path(scratch)) if evaluation is not None else None,
+            planted=read_planted(planted) if planted is not None else None,
+            structures=structures,
+            described={k: v for k, v in described.items() if v},
+        )
+    return ReportBuilder(data, out, title).build()
 
 
-PLANTED_COLUMNS = ("structure", "age_years", "volume_mm3")
+@dataclass(frozen=True, eq=False)
+class ReportData:
+    """The report's inputs, read."""
 
-
-def read_planted(path: Path) -> pd.DataFrame:
-    """Known population curves (simulate-cohort's planted_trajectories.csv); InputError naming the
-    file when a column is missing or a value is not a number."""
-    table = read_table(path)
-    missing = [c for c in PLANTED_COLUMNS if c not in table.columns]
-    if missing:
-        raise InputError(f"{path}: planted curves need the column(s) {', '.join(missing)}")
-    for column in ("age_years", "volume_mm3"):
-        values = pd.to_numeric(table[column], errors="coerce")
-        if values.isna().any():
-            raise InputError(f"{path}: column {column} has a missing or non-numeric value in row "
-                             f"{int(values.isna().to_numpy().argmax()) + 2}")
-        table[column] = values
-    return table
-
-
-def _need(path: Path, name: str) -> Path:
-    if not (path / name).is_file():
-        raise InputError(f"{path}: no {name} (is this a {'fit-ageing' if 'traj' in name else 'evaluate'} output folder?)")
-    return path / name
+    volumes: list[VolumesInput]
+    covariates: object
+    ageing: AgeingTables | None
+    evaluation: EvaluationTables | None
+    planted: pd.DataFrame | None
+    structures: tuple[str, ...]
+    described: dict  # argument -> how it was given, for the provenance section
 
 
 class ReportBuilder:
-    def __init__(self, inputs: ReportInputs, out_html: Path):
-        self.inputs, self.out_html = inputs, Path(out_html)
+    """Draws the sections of one report page from :class:`ReportData`."""
+
+    def __init__(self, data: ReportData, out_html: Path, title: str):
+        self.data, self.out_html = data, Path(out_html)
         self.fig_dir = self.out_html.with_name(self.out_html.stem + "_figures")
-        self.page = Page(inputs.title)
-        self.figures: list[Path] = []
+        self.page = Page(title)
 
     def _figure(self, fig, name: str, caption: str) -> None:
-        paths = save_figure(fig, self.fig_dir / name)
-        self.figures += paths
-        self.page.figure(paths[0], caption)
+        self.page.figure(save_figure(fig, self.fig_dir / name)[0], caption)
 
     def build(self) -> Path:
-        if not (self.inputs.volumes or self.inputs.ageing or self.inputs.evaluation):
-            raise InputError("nothing to report: give --volumes, --ageing and/or --evaluation")
         self.page.paragraph(f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by morphometry "
                             f"{__version__}.", "note")
         volumes = self._volumes()
         if volumes is not None:
             self._cohort(volumes)
             self._segmentation(volumes)
-        if self.inputs.evaluation:
-            self._evaluation(Path(self.inputs.evaluation))
-        if self.inputs.ageing:
-            self._ageing(Path(self.inputs.ageing))
+        if self.data.evaluation is not None:
+            self._evaluation(self.data.evaluation)
+        if self.data.ageing is not None:
+            self._ageing(self.data.ageing)
         self._provenance()
         atomic_write(self.out_html, lambda tmp: tmp.write_text(self.page.render(), encoding="utf-8"))
         return self.out_html
 
     # -- sections ---------------------------------------------------------------------------
     def _volumes(self) -> pd.DataFrame | None:
-        if not self.inputs.volumes:
+        if not self.data.volumes:
             return None
-        frames = [read_volumes(Path(p)) for p in self.inputs.volumes]
-        volumes = pd.concat(frames, ignore_index=True)
-        if self.inputs.covariates:
-            volumes = join_covariates(volumes, read_table(Path(self.inputs.covariates)), str(self.inputs.covariates))
+        volumes = pd.concat([v.table for v in self.data.volumes], ignore_index=True)
+        if self.data.covariates is not None:
+            volumes = join_report_covariates(volumes, self.data.covariates)
         return volumes
 
     def _cohort(self, volumes: pd.DataFrame) -> None:
@@ -119,52 +140,50 @@ class ReportBuilder:
         qc_cols = [c for c in volumes.columns if c.startswith("qc_")]
         for method in method_order(volumes["method"].unique()):
             part = volumes[volumes["method"] == method]
-            row = {"method": method, "scans": part["scan_id"].nunique(),
-                   "median total intracranial (mm^3)": part["total_intracranial"].median()}
+            row = {"method": method, "scans": part["scan_id"].nunique()}
+            if "total_intracranial" in part:
+                row["median total intracranial (mm^3)"] = part["total_intracranial"].median()
             if qc_cols:
                 row["median QC score (mean of groups)"] = part[qc_cols].mean(axis=1).median()
             rows.append(row)
         self.page.table(pd.DataFrame(rows))
-        failures = [pd.read_csv(f) for p in self.inputs.volumes
-                    if (f := Path(p).with_name("failures.csv")).is_file() and f.stat().st_size > 0]
+        failures = [pd.read_csv(f) for v in self.data.volumes if v.path is not None
+                    and (f := v.path.with_name("failures.csv")).is_file() and f.stat().st_size > 0]
         failures = pd.concat(failures, ignore_index=True) if failures else pd.DataFrame()
         self.page.paragraph(f"{len(failures)} scan(s) failed." if len(failures) else "No scan failed.")
         if len(failures):
             self.page.table(failures.head(50))
 
-    def _evaluation(self, folder: Path) -> None:
+    def _evaluation(self, evaluation: EvaluationTables) -> None:
         from morphometry.reports.evaluation_figures import fig5_boxplots
 
-        scans = read_table(_need(folder, "scans.parquet"))
+        scans, meta = evaluation.scans, evaluation.meta
         self.page.heading("Evaluation against silver standards")
-        meta = read_metadata(folder / "scans.parquet")
         if meta:
             self.page.paragraph("Metric definitions: " + "; ".join(f"{k}: {v}" for k, v in meta.items()
                                                                   if isinstance(v, (str, int, float))), "note")
         paths = fig5_boxplots(scans, self.fig_dir / "fig5_dice_msd")
-        self.figures += paths
         self.page.figure(paths[0], "Fig. 5 style: mean Dice and mean surface distance per scan, by method and QC group.")
         table = (scans.groupby(["qc_group", "method"], sort=False)
                  .agg(scans=("scan_id", "nunique"), median_dice=("mean_dice", "median"),
                       median_msd_mm=("mean_msd_mm", "median")).reset_index())
         self.page.table(table)
 
-    def _ageing(self, folder: Path) -> None:
+    def _ageing(self, ageing: AgeingTables) -> None:
         from morphometry.reports.ageing_figures import structure_grid_figure, trajectory_figure
 
-        traj = read_table(_need(folder, "trajectories.parquet"))
-        adjusted = read_table(_need(folder, "adjusted_volumes.parquet"))
-        summary = read_table(_need(folder, "summary.csv"))
-        meta = json.loads((folder / "ageing.json").read_text()) if (folder / "ageing.json").is_file() else {}
-        where = (meta.get("spec") or {}).get("where")
+        traj, adjusted, summary = ageing.trajectories, ageing.adjusted, ageing.summary
+        where = (ageing.meta.get("spec") or {}).get("where")
         self.page.heading("Ageing trajectories" + (f" (subset: {where})" if where else ""))
         available = list(dict.fromkeys(summary["structure"]))
-        structures = [s for s in self.inputs.structures if s in available] or \
+        wanted = self.data.structures
+        structures = [s for s in wanted if s in available] or \
             [s for s in PREFERRED_STRUCTURES if s in available][:4] or available[:4]
-        missing = [s for s in self.inputs.structures if s not in available]
+        missing = [s for s in wanted if s not in available]
         if missing:
-            raise InputError(f"{folder}: structures not in the ageing fit: {', '.join(missing)}")
-        planted = read_planted(Path(self.inputs.planted)) if self.inputs.planted else None
+            raise InputError(f"{ageing.source}: structures not in the ageing fit: {', '.join(missing)}",
+                             setting="structures")
+        planted = self.data.planted
         if planted is not None and traj["units"].iloc[0] != "mm^3":
             self.page.paragraph(f"The planted curves (mm^3) are not drawn: this fit is in {traj['units'].iloc[0]}.", "note")
             planted = None
@@ -188,21 +207,15 @@ class ReportBuilder:
 
     def _provenance(self) -> None:
         self.page.heading("Provenance")
-        doc = {"morphometry": __version__, "python": platform.python_version(),
-               "inputs": {k: str(v) for k, v in vars(self.inputs).items() if v}}
-        for p in self.inputs.volumes:
-            prov = Path(p).with_name("provenance.json")
-            if prov.is_file():
+        doc = {"morphometry": __version__, "python": platform.python_version(), "inputs": self.data.described}
+        for v in self.data.volumes:
+            prov = v.path.with_name("provenance.json") if v.path is not None else None
+            if prov is not None and prov.is_file():
                 seg = json.loads(prov.read_text())
-                doc[f"segment ({p})"] = {k: seg.get(k) for k in ("command", "versions", "device", "bundle",
-                                                                  "seconds_per_stage")}
-        if self.inputs.ageing and (Path(self.inputs.ageing) / "ageing.json").is_file():
-            doc["fit-ageing"] = json.loads((Path(self.inputs.ageing) / "ageing.json").read_text())
-        if self.inputs.evaluation and (Path(self.inputs.evaluation) / "scans.parquet").is_file():
-            doc["evaluate"] = read_metadata(Path(self.inputs.evaluation) / "scans.parquet")
+                doc[f"segment ({v.path})"] = {k: seg.get(k) for k in ("command", "versions", "device", "bundle",
+                                                                       "seconds_per_stage")}
+        if self.data.ageing is not None and self.data.ageing.meta:
+            doc["fit-ageing"] = self.data.ageing.meta
+        if self.data.evaluation is not None:
+            doc["evaluate"] = self.data.evaluation.meta
         self.page.preformatted(json.dumps(doc, indent=1, default=str))
-
-
-def build_report(inputs: ReportInputs, out_html: Path) -> Path:
-    """Write the report page and its figures; return the page's path."""
-    return ReportBuilder(inputs, out_html).build()

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-METHODS = ("synthseg+", "s1+s2", "synthseg", "synthseg+d", "s1+s2+d")
-"""Method variants of the paper's Sec. 3.2, in the order figures list them."""
-
 METHOD_COLOURS = {
     "synthseg+": "#d62728",
     "s1+s2": "#1f77b4",
@@ -21,12 +18,6 @@ def method_colour(method: str) -> str:
     if method in METHOD_COLOURS:
         return METHOD_COLOURS[method]
     return _EXTRA[sum(map(ord, method)) % len(_EXTRA)]
-
-
-def method_order(methods) -> list[str]:
-    """Known methods in the paper's order, then the others alphabetically."""
-    present = list(dict.fromkeys(methods))
-    return [m for m in METHODS if m in present] + sorted(m for m in present if m not in METHODS)
 
 
 RC_PARAMS = {

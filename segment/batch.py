@@ -1,9 +1,12 @@
-"""The ``morpho segment`` batch: scans in, segmentations and a volumes table out.
+"""The segmentation of one scan, step by step, and the batch that runs it over many scans.
 
-Pipeline per scan: load + check -> preprocess (worker threads, ahead of inference) -> networks
-(main thread, one method after another, shared stages once) -> postprocess, volumes and image
-writing (worker threads, overlapping the next inference) -> journal entry. A failing scan is
-recorded with its cause and the batch goes on; tables are merged from the journal at the end.
+Per scan: load + check -> :func:`prepare` (preprocess) -> :func:`network_outputs` (one method
+after another, shared stages once) -> :func:`finish_method` (postprocess, back to the scan's voxel
+order, volumes row). ``Segmenter.segment`` runs these in turn for one scan; :class:`SegmentBatch`
+overlaps them over many: loading and preprocessing in worker threads ahead of inference, networks
+in the calling thread, postprocessing and image writing in worker threads while the next scan
+runs, then one journal entry per scan. A failing scan is recorded with its cause and the batch goes
+on; tables are merged from the journal at the end.
 """
 
 from __future__ import annotations
@@ -11,11 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,11 +26,12 @@ import nibabel as nib
 import numpy as np
 
 from morphometry import __version__
+from morphometry.atomic import atomic_write
 from morphometry.errors import InputError, MorphometryError
 from morphometry.inputs import ScanRecord
-from morphometry.io import LoadLimits, load_scan, save_image
+from morphometry.io import LoadLimits, Scan, load_scan, save_image
 from morphometry.labels import SYNTHSEG_2
-from morphometry.tables import atomic_write, write_volumes
+from morphometry.tables import write_volumes
 from morphometry.volumes import parcel_volumes, qc_scores, soft_volumes
 from morphometry.segment import journal
 from morphometry.segment.bundle import Bundle
@@ -38,14 +42,20 @@ from morphometry.segment.runtime import Engine
 
 
 @dataclass(frozen=True)
+class SegmentOptions:
+    """What is computed for every scan and method besides the labels and the structure volumes."""
+
+    parc: bool = False  # cortical parcellation: parcel labels in the cortex, parcel volumes (mm^3)
+    qc: bool = False  # automated QC: qc_* scores in [0, 1]
+    full_cleanup: bool = False  # SynthSeg 2.0 topology clean-up for every method (fair comparisons)
+
+
+@dataclass(frozen=True)
 class Outputs:
-    """Which optional outputs to write and how to clean up."""
+    """Optional files a batch writes besides ``seg/`` and the tables."""
 
     posteriors: bool = False  # OUT/posteriors/<scan_id>_<method>.nii.gz, float32 4-D
     resampled: bool = False  # OUT/resampled/<scan_id>.nii.gz, the image on the working grid
-    parc: bool = False
-    qc: bool = False
-    full_cleanup: bool = False  # topology clean-up for every method (fair comparisons)
 
 
 @dataclass(frozen=True)
@@ -55,14 +65,17 @@ class Shard:
     index: int
     count: int
 
+    def __post_init__(self) -> None:
+        if not 1 <= self.index <= self.count:
+            raise InputError(f"K must be between 1 and N (got {self.index}/{self.count})", setting="shard")
+
     @classmethod
     def parse(cls, text: str) -> "Shard":
+        """``"K/N"`` -> Shard(K, N)."""
         try:
-            k, n = (int(v) for v in text.split("/"))
+            k, n = (int(v) for v in str(text).split("/"))
         except ValueError:
-            raise InputError(f"--shard {text}: expected K/N, e.g. 3/10") from None
-        if not 1 <= k <= n:
-            raise InputError(f"--shard {text}: K must be between 1 and N")
+            raise InputError(f"expected K/N, e.g. 3/10 (got {text!r})", setting="shard") from None
         return cls(k, n)
 
     def holds(self, scan_id: str) -> bool:
@@ -70,22 +83,77 @@ class Shard:
         return digest % self.count == self.index - 1
 
 
-@dataclass
-class BatchResult:
-    total: int
-    succeeded: int
-    failed: int
-    skipped: int
-    timings: dict = field(default_factory=dict)
+@dataclass(frozen=True, eq=False)
+class NetworkOutput:
+    """The network outputs of one method for one scan, on the padded RAS-aligned grid."""
+
+    method: Method
+    posteriors: np.ndarray  # (C, X, Y, Z) float32; postprocessing overwrites it
+    parcellation: np.ndarray | None  # (69, X, Y, Z) float32 with parcellation
+    qc: np.ndarray | None  # the 9 raw QC network outputs with QC
 
 
-class _ScanFailure(Exception):
-    def __init__(self, stage: str, message: str):
-        super().__init__(message)
-        self.stage = stage
+@dataclass(frozen=True, eq=False)
+class MethodOutput:
+    """One method's result for one scan, on the output grid in the scan's voxel order."""
+
+    row: dict  # the volumes-table row: identity, acquisition, volumes (mm^3), parcels, qc_* scores
+    labels: np.ndarray  # (x, y, z) int32 FreeSurfer label values
+    posteriors: np.ndarray | None  # (x, y, z, C) float32, when asked for
+    timings: dict  # seconds per step
 
 
-def _load_and_preprocess(record: ScanRecord, config: PreprocessConfig, limits: LoadLimits):
+def record_identity(record: ScanRecord) -> dict:
+    """Identity columns of a discovered scan, then its manifest's extra columns."""
+    return {"scan_id": record.scan_id, "subject_id": record.subject_id, "session_id": record.session_id,
+            "path": str(record.path), **record.extra}
+
+
+def prepare(scan: Scan, config: PreprocessConfig) -> Preprocessed:
+    """:func:`preprocess`, with a numerical failure (ValueError, MemoryError) as an InputError naming the scan."""
+    try:
+        return preprocess(scan, config)
+    except (ValueError, MemoryError) as exc:
+        raise InputError(f"{scan.path}: cannot preprocess ({type(exc).__name__}: {exc})") from None
+
+
+def network_outputs(engine: Engine, pre: Preprocessed, options: SegmentOptions) -> Iterator[NetworkOutput]:
+    """Run every method of ``engine`` (and parcellation / QC as ``options`` ask) on a preprocessed scan."""
+    for method, handles, posteriors in engine.segment(pre.image):
+        parc = engine.parcellate(handles) if options.parc else None
+        qc = engine.quality(handles) if options.qc else None
+        yield NetworkOutput(method, posteriors, parc, qc)
+
+
+def finish_method(identity: dict, scan: Scan, pre: Preprocessed, net: NetworkOutput, *, model_id: str,
+                  full_cleanup: bool = False, keep_posteriors: bool = False) -> MethodOutput:
+    """Postprocess one method's network outputs into labels, posteriors and the volumes row.
+
+    ``identity``: scan_id, subject_id, session_id, path and any extra columns (extras that clash
+    with a column of the row are left out). ``full_cleanup`` applies the topology clean-up whatever
+    the method; ``keep_posteriors`` returns the posteriors too.
+    """
+    start = time.perf_counter()
+    config = PostprocessConfig(topology=net.method.topology or full_cleanup, in_place=True)
+    seg = postprocess(net.posteriors, SYNTHSEG_2, pre.inner, config)
+    row = {key: identity[key] for key in ("scan_id", "subject_id", "session_id", "path")}
+    row.update(method=net.method.name, model_id=model_id, **scan.info.acquisition_columns())
+    row.update({k: v for k, v in identity.items() if k not in row})
+    row.update(soft_volumes(seg.posteriors, SYNTHSEG_2, pre.voxel_volume_mm3))
+    labels = seg.labels
+    if net.parcellation is not None:
+        parcellated = postprocess_parcellation(net.parcellation, seg, pre.inner)
+        labels = parcellated.labels
+        sums = parcellated.posteriors[1:].reshape(len(parcellated.posteriors) - 1, -1).sum(1, dtype=np.float64)
+        row.update(parcel_volumes(sums, row["left_cerebral_cortex"] + row["right_cerebral_cortex"]))
+    if net.qc is not None:
+        row.update(qc_scores(net.qc))
+    posteriors = np.ascontiguousarray(to_native(np.moveaxis(seg.posteriors, 0, -1), pre)) if keep_posteriors else None
+    native = np.ascontiguousarray(to_native(labels, pre))
+    return MethodOutput(row, native, posteriors, {"postprocess": time.perf_counter() - start})
+
+
+def _load_and_prepare(record: ScanRecord, config: PreprocessConfig, limits: LoadLimits):
     timings = {}
     start = time.perf_counter()
     try:
@@ -95,65 +163,34 @@ def _load_and_preprocess(record: ScanRecord, config: PreprocessConfig, limits: L
     timings["load"] = time.perf_counter() - start
     start = time.perf_counter()
     try:
-        pre = preprocess(scan, config)
+        pre = prepare(scan, config)
     except MorphometryError as exc:
         raise _ScanFailure("preprocess", str(exc)) from None
-    except (ValueError, MemoryError) as exc:
-        raise _ScanFailure("preprocess", f"{record.path}: cannot preprocess ({type(exc).__name__}: {exc})") from None
     timings["preprocess"] = time.perf_counter() - start
     return scan, pre, timings
 
 
-class SegmentBatch:
-    """Runs methods of one bundle over many scans into an output folder."""
+class _ScanFailure(Exception):
+    def __init__(self, stage: str, message: str):
+        super().__init__(message)
+        self.stage = stage
 
-    def __init__(self, bundle: Bundle, methods: list[Method], engine: Engine, out_dir: Path,
+
+class SegmentBatch:
+    """Runs the methods of an engine over many scans into an output folder (files and journal)."""
+
+    def __init__(self, bundle: Bundle, engine: Engine, out_dir: Path, options: SegmentOptions = SegmentOptions(),
                  outputs: Outputs = Outputs(), workers: int = 2, limits: LoadLimits = LoadLimits()):
-        self.bundle, self.methods, self.engine = bundle, methods, engine
-        self.out_dir, self.outputs, self.workers, self.limits = Path(out_dir), outputs, max(1, workers), limits
+        self.bundle, self.engine, self.out_dir = bundle, engine, Path(out_dir)
+        self.options, self.outputs, self.workers, self.limits = options, outputs, max(1, workers), limits
         self.pre_config = PreprocessConfig(resolution_mm=bundle.resolution_mm, min_size=bundle.min_size)
         self.timings: dict[str, float] = defaultdict(float)
 
-    # -- per-method work (runs in a writer thread) --------------------------------------------
-    def _finish_method(self, record: ScanRecord, scan, pre: Preprocessed, method: Method, posteriors: np.ndarray,
-                       parc: np.ndarray | None, qc: np.ndarray | None) -> tuple[dict, dict]:
-        timings = {}
-        start = time.perf_counter()
-        config = PostprocessConfig(topology=method.topology or self.outputs.full_cleanup, in_place=True)
-        seg = postprocess(posteriors, SYNTHSEG_2, pre.inner, config)
-        del posteriors
-        row = self._identity(record, scan, method)
-        row.update(soft_volumes(seg.posteriors, SYNTHSEG_2, pre.voxel_volume_mm3))
-        labels = seg.labels
-        if parc is not None:
-            parcellated = postprocess_parcellation(parc, seg, pre.inner)
-            labels = parcellated.labels
-            sums = parcellated.posteriors[1:].reshape(len(parcellated.posteriors) - 1, -1).sum(1, dtype=np.float64)
-            cortex = row["left_cerebral_cortex"] + row["right_cerebral_cortex"]
-            row.update(parcel_volumes(sums, cortex))
-        if qc is not None:
-            row.update(qc_scores(qc))
-        timings["postprocess"] = time.perf_counter() - start
-        start = time.perf_counter()
-        seg_path = self.out_dir / "seg" / f"{record.scan_id}_{method.name}.nii.gz"
-        save_image(to_native(labels, pre), pre.grid_affine, seg_path)
-        if self.outputs.posteriors:
-            post = to_native(np.moveaxis(seg.posteriors, 0, -1), pre)
-            save_image(post, pre.grid_affine,
-                       self.out_dir / "posteriors" / f"{record.scan_id}_{method.name}.nii.gz")
-        timings["write"] = time.perf_counter() - start
-        return row, timings
-
-    def _identity(self, record: ScanRecord, scan, method: Method) -> dict:
-        row = {"scan_id": record.scan_id, "subject_id": record.subject_id, "session_id": record.session_id,
-               "path": str(record.path), "method": method.name, "model_id": self.bundle.model_id}
-        row.update(scan.info.acquisition_columns())
-        row.update({k: v for k, v in record.extra.items() if k not in row})
-        return row
-
-    # -- the batch -----------------------------------------------------------------------------
-    def run(self, records: list[ScanRecord], progress) -> BatchResult:
+    def run(self, records: list[ScanRecord], progress) -> tuple[int, int]:
+        """Segment ``records``; ``progress`` has ``update(n)`` and ``write(message)`` (a
+        :class:`morphometry.progress.Progress`). Returns (succeeded, failed)."""
         (self.out_dir / "seg").mkdir(parents=True, exist_ok=True)
+        network_before = dict(self.engine.timings)
         succeeded = failed = 0
         lookahead = self.workers + 1
         with ThreadPoolExecutor(self.workers, thread_name_prefix="load") as loaders, \
@@ -167,13 +204,13 @@ class SegmentBatch:
                     rec = next(queue, None)
                     if rec is None:
                         return
-                    loading.append((rec, loaders.submit(_load_and_preprocess, rec, self.pre_config, self.limits)))
+                    loading.append((rec, loaders.submit(_load_and_prepare, rec, self.pre_config, self.limits)))
 
             def drain(block: bool):
                 nonlocal succeeded, failed
                 while pending and (block or all(f.done() for f in pending[0][1])):
                     rec, futures, info = pending.pop(0)
-                    ok = self._journal(rec, futures, info)
+                    ok = self._journal(rec, futures, info, progress)
                     succeeded, failed = succeeded + ok, failed + (not ok)
                     progress.update(1)
 
@@ -186,7 +223,7 @@ class SegmentBatch:
                     scan, pre, timings = fut.result()
                     info["warnings"] = scan.warnings
                     for w in scan.warnings:
-                        progress.write(f"warning: {rec.path}: {w}", file=sys.stderr)
+                        progress.write(f"warning: {rec.path}: {w}")
                     self._add(timings)
                     futures = self._infer(rec, scan, pre, writers)
                 except _ScanFailure as exc:
@@ -196,22 +233,31 @@ class SegmentBatch:
                 pending.append((rec, futures, info))
                 drain(block=len(pending) > 2)
             drain(block=True)
-        self.timings.update({f"network:{k}": v for k, v in self.engine.timings.items()})
-        return BatchResult(len(records), succeeded, failed, 0, dict(self.timings))
+        self.timings.update({f"network:{k}": v - network_before.get(k, 0.0) for k, v in self.engine.timings.items()})
+        return succeeded, failed
 
-    def _infer(self, rec: ScanRecord, scan, pre: Preprocessed, writers: ThreadPoolExecutor) -> list[Future]:
+    def _infer(self, rec: ScanRecord, scan: Scan, pre: Preprocessed, writers: ThreadPoolExecutor) -> list[Future]:
         futures = []
-        for method, handles, posteriors in self.engine.segment(pre.image):
-            parc = self.engine.parcellate(handles) if self.outputs.parc else None
-            qc = self.engine.quality(handles) if self.outputs.qc else None
-            futures.append(writers.submit(self._finish_method, rec, scan, pre, method, posteriors, parc, qc))
+        identity = record_identity(rec)
+        for net in network_outputs(self.engine, pre, self.options):
+            futures.append(writers.submit(self._finish_and_write, identity, scan, pre, net))
             wait([f for f in futures if not f.done()][:-1])  # bound the posteriors held in host memory
         if self.outputs.resampled and pre.resampled:
             save_image(pre.resampled_image().astype(np.float32), pre.grid_affine,
                        self.out_dir / "resampled" / f"{rec.scan_id}.nii.gz")
         return futures
 
-    def _journal(self, rec: ScanRecord, futures: list[Future], info: dict) -> bool:
+    def _finish_and_write(self, identity: dict, scan: Scan, pre: Preprocessed, net: NetworkOutput) -> tuple[dict, dict]:
+        out = finish_method(identity, scan, pre, net, model_id=self.bundle.model_id,
+                            full_cleanup=self.options.full_cleanup, keep_posteriors=self.outputs.posteriors)
+        start = time.perf_counter()
+        name = f"{identity['scan_id']}_{net.method.name}.nii.gz"
+        save_image(out.labels, pre.grid_affine, self.out_dir / "seg" / name)
+        if out.posteriors is not None:
+            save_image(out.posteriors, pre.grid_affine, self.out_dir / "posteriors" / name)
+        return out.row, {**out.timings, "write": time.perf_counter() - start}
+
+    def _journal(self, rec: ScanRecord, futures: list[Future], info: dict, progress) -> bool:
         entry = {"scan_id": rec.scan_id, "path": str(rec.path), "warnings": info["warnings"]}
         if "error" not in info:
             try:
@@ -223,7 +269,7 @@ class SegmentBatch:
         if "error" in info:
             stage, message = info["error"]
             entry.update(status="failed", stage=stage, error=message)
-            print(f"failed: {message}", file=sys.stderr)
+            progress.write(f"failed: {message}")
         else:
             entry.update(status="ok", rows=[row for row, _ in results])
             for _, timings in results:
@@ -273,12 +319,14 @@ def write_provenance(out_dir: Path, doc: dict) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(doc, indent=1, default=str)))
 
 
-def provenance(bundle: Bundle, engine: Engine, argv: list[str], result: BatchResult, started: datetime) -> dict:
+def provenance(bundle: Bundle, engine: Engine, command, result: dict, started: datetime) -> dict:
+    """What ran, on what, with which models: ``command`` (argv list or text) and ``result`` (counts
+    and ``timings``, seconds per stage)."""
     import onnxruntime as ort
     import scipy
 
     return {
-        "tool": "morphometry", "version": __version__, "command": ["morpho", *argv],
+        "tool": "morphometry", "version": __version__, "command": command,
         "started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(),
         "platform": platform.platform(), "python": platform.python_version(),
         "versions": {"onnxruntime": ort.__version__, "numpy": np.__version__, "nibabel": nib.__version__,
@@ -287,6 +335,6 @@ def provenance(bundle: Bundle, engine: Engine, argv: list[str], result: BatchRes
         "bundle": {"path": str(bundle.root), "model_id": bundle.model_id, "bundle_json_sha256": bundle.sha256(),
                    "networks": {r: n.sha256 for r, n in bundle.networks.items()},
                    "provenance": bundle.provenance},
-        "result": asdict(result),
-        "seconds_per_stage": {k: round(v, 3) for k, v in sorted(result.timings.items())},
+        "result": result,
+        "seconds_per_stage": {k: round(v, 3) for k, v in sorted(result["timings"].items())},
     }

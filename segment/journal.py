@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from morphometry.tables import atomic_write, order_columns
+from morphometry.atomic import atomic_write
+from morphometry.tables import order_columns
 
 JOURNAL_DIR = ".journal"
 FAILURE_COLUMNS = ("scan_id", "path", "stage", "error")

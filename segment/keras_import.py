@@ -1,6 +1,6 @@
 """Import the SynthSeg / SynthSeg+ Keras HDF5 weights into a model bundle (h5py only, no TensorFlow).
 
-Reads both layouts Keras 2 writes (synthseg-facts.md 3.7, pitfall 24): weights-only files (one
+Reads both layouts Keras 2 writes (Keras 2.3 ``save_weights`` and ``model.save`` HDF5 layouts): weights-only files (one
 group per layer at the root) and full-model files and training checkpoints (the same tree under
 ``model_weights/``; ``model_config``, ``optimizer_weights`` and layers of other networks are
 ignored). Root attributes longer than 64 kB are split by Keras into ``layer_names0``,
@@ -9,7 +9,7 @@ ignored). Root attributes longer than 64 kB are split by Keras into ``layer_name
 
 A layer belongs to a network by its full name: network prefix (``unet_parc``, ``unet2``, ``unet``,
 ``l2l``, ``qc``; prefixes overlap, so the longest that fits wins) plus a suffix of that network's
-naming scheme (synthseg-facts.md 3.2). The architecture is inferred from names and shapes: the
+naming scheme (``ext/neuron/models.py``: ``<prefix>_conv_downarm_<level>_<conv>``, ...). The architecture is inferred from names and shapes: the
 number of levels from the first decoder convolution's number, convolutions per level, kernel size,
 base width, multiplier and input channels from the first two encoder convolutions, the number of
 labels from ``likelihood``, and which skip connections exist from each decoder step's input

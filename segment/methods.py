@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from morphometry.errors import InputError
+from morphometry.methods import DEFAULT_METHOD, METHOD_NAMES
 
 # stage name -> (bundle role, reads image, reads previous)
 STAGES = {
@@ -39,17 +40,14 @@ class Method:
         return {STAGES[s][0] for s in self.chain}
 
 
-METHODS = {
-    m.name: m
-    for m in (
-        Method("synthseg+", ("s1", "d", "s2"), topology=False),
-        Method("s1+s2", ("s1", "s2"), topology=False),
-        Method("s1+s2+d", ("s1", "s2", "d_all"), topology=False),
-        Method("synthseg", ("synthseg",), topology=True),
-        Method("synthseg+d", ("synthseg", "d_all"), topology=True),
-    )
+_CHAINS = {  # name -> (stages, topology clean-up as the original)
+    "synthseg+": (("s1", "d", "s2"), False),
+    "s1+s2": (("s1", "s2"), False),
+    "synthseg": (("synthseg",), True),
+    "synthseg+d": (("synthseg", "d_all"), True),
+    "s1+s2+d": (("s1", "s2", "d_all"), False),
 }
-DEFAULT_METHOD = "synthseg+"
+METHODS = {name: Method(name, *_CHAINS[name]) for name in METHOD_NAMES}
 
 
 def resolve_methods(names: list[str] | None) -> list[Method]:
@@ -57,7 +55,8 @@ def resolve_methods(names: list[str] | None) -> list[Method]:
     names = list(dict.fromkeys(names or [DEFAULT_METHOD]))
     unknown = [n for n in names if n not in METHODS]
     if unknown:
-        raise InputError(f"unknown method(s) {', '.join(unknown)} (choose from {', '.join(METHODS)})")
+        raise InputError(f"unknown method(s) {', '.join(unknown)} (choose from {', '.join(METHODS)})",
+                         setting="methods")
     return sorted((METHODS[n] for n in names), key=lambda m: m.chain)
 
 

@@ -1,6 +1,6 @@
 """The SynthSeg U-Net as an ONNX graph, built from Keras-layout weights.
 
-Architecture (synthseg-facts.md 3.1-3.5): ``levels`` encoder levels of ``convs_per_level``
+Architecture (the original's ``ext/neuron/models.py``: ``unet`` = ``conv_enc`` + ``conv_dec``): ``levels`` encoder levels of ``convs_per_level``
 "same"-padded convolutions with bias and ELU, ``features * multiplier**level`` filters, batch
 normalisation (epsilon 1e-3) after each level, 2x2x2 max pooling between levels; decoder steps of
 nearest-neighbour x2 upsampling, concatenation [skip, upsampled] where the skip is kept (the skip is

@@ -1,4 +1,5 @@
-"""Postprocessing of network outputs (synthseg-facts.md 2.8-2.10 and the QC crop of 2.12).
+"""Postprocessing of network outputs (the original's ``SynthSeg/predict_synthseg.py``,
+function ``postprocess``, and the QC crop built in its ``build_model``).
 
 A. (fast mode: remove the padding first) keep the largest 6-connected component of
    "sum of the non-background channels > 0.25"; non-background channels are set to 0 outside it.

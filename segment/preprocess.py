@@ -1,4 +1,6 @@
-"""Preprocessing of a scan for the segmentation networks (synthseg-facts.md 2.3-2.6).
+"""Preprocessing of a scan for the segmentation networks (the original's
+``SynthSeg/predict_synthseg.py``, function ``preprocess``, with ``ext/lab2im/edit_volumes.py``:
+``resample_volume``, ``align_volume_to_ref``, ``rescale_volume``).
 
 Order, as in the original: resample to the working resolution (in the native voxel order, only
 when a header voxel size is off by more than the tolerance) -> align to RAS by permutation/flips

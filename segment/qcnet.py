@@ -1,6 +1,6 @@
 """The SynthSeg QC regressor as an ONNX graph, built from Keras-layout weights.
 
-Architecture (synthseg-facts.md 3.6, pitfall 23): ``levels`` encoder levels; level l has
+Architecture (built in the original's ``SynthSeg/predict_synthseg.py``, ``build_model``): ``levels`` encoder levels; level l has
 ``features * multiplier**l`` channels C and runs ``conv_downarm_{l}_0`` (ReLU), ...,
 ``conv_downarm_{l}_{n-1}`` (linear), adds the shortcut ``expand_down_merge_{l}`` (a ReLU convolution
 of the level's input from C_in to C channels), applies ReLU, batch normalisation (epsilon 1e-3) and

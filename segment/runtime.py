@@ -20,6 +20,8 @@ from morphometry.segment import stages
 from morphometry.segment.bundle import Bundle, require
 from morphometry.segment.methods import STAGES, Method
 
+DEVICES = ("auto", "cpu", "cuda")  # the choices of RuntimeConfig.device
+
 
 @dataclass(frozen=True)
 class RuntimeConfig:
@@ -60,15 +62,15 @@ def cuda_works() -> bool:
 
 def choose_device(config: RuntimeConfig) -> str:
     """``cuda`` or ``cpu`` for the requested device (auto: CUDA when it works here)."""
-    if config.device not in ("auto", "cpu", "cuda"):
-        raise InputError(f"--device {config.device}: choose auto, cpu or cuda")
+    if config.device not in DEVICES:
+        raise InputError(f"{config.device!r}: choose {', '.join(DEVICES)}", setting="device")
     has_cuda = config.device != "cpu" and cuda_works()
     if config.device == "cuda" and not has_cuda:
-        raise InputError("--device cuda: CUDA is not usable here (needs onnxruntime-gpu and the CUDA "
-                         "libraries, see README)")
+        raise InputError("CUDA is not usable here (needs onnxruntime-gpu and the CUDA libraries, see README)",
+                         setting="device")
     device = "cuda" if has_cuda else "cpu"
     if config.fp16 and device != "cuda":
-        raise InputError("--fp16 needs a CUDA device (float16 kernels are slow or missing on the CPU)")
+        raise InputError("needs a CUDA device (float16 kernels are slow or missing on the CPU)", setting="fp16")
     return device
 
 
@@ -76,7 +78,7 @@ def _to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         from onnxconverter_common import float16
     except ImportError:
-        raise InputError("--fp16 needs onnxconverter-common (pip install 'morphometry-mri[gpu]')") from None
+        raise InputError("needs onnxconverter-common (pip install 'morphometry-mri[gpu]')", setting="fp16") from None
     return float16.convert_float_to_float16(model, keep_io_types=True)
 
 
@@ -91,9 +93,9 @@ class Engine:
         for method in methods:
             require(bundle, method.roles, f"method {method.name}")
         if parc:
-            require(bundle, {"parc"}, "--parc")
+            require(bundle, {"parc"}, "parcellation")
         if qc:
-            require(bundle, {"qc"}, "--qc")
+            require(bundle, {"qc"}, "QC")
         self.device = choose_device(config)
         self.timings: dict[str, float] = defaultdict(float)
         options = ort.SessionOptions()

@@ -19,7 +19,7 @@ from morphometry.segment.networks import GraphBuilder, make_model
 
 SMOOTHING_SIGMA = 0.5  # voxels, posterior smoothing of the non-robust network and of the parcellation
 QC_SIZE = 224  # voxels per axis of the QC network's input
-QC_EXCLUDED_INDEX = 24  # channel index excluded from the QC crop box (original quirk: label 47, see facts 2.12)
+QC_EXCLUDED_INDEX = 24  # channel index excluded from the QC crop box (original quirk: label 47, README)
 
 
 def gaussian_kernel_1d(sigma: float) -> np.ndarray:

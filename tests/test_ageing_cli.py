@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from morphometry.cli import fit_ageing as ageing_cli
-from morphometry.analysis.ageing import PlantedAgeing, simulate_ageing_table
+from morphometry.analysis.ageing_simulation import SimulatedAgeingData, simulate_ageing_table
 from morphometry.errors import InputError
 from morphometry.labels import STRUCTURES, TOTAL_INTRACRANIAL
 from morphometry.tables import REQUIRED_COLUMNS
@@ -19,7 +19,7 @@ from morphometry.tables import REQUIRED_COLUMNS
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ageing")
-    planted = PlantedAgeing(n_subjects=80, structures=(TOTAL_INTRACRANIAL, *STRUCTURES),
+    planted = SimulatedAgeingData(n_subjects=80, structures=(TOTAL_INTRACRANIAL, *STRUCTURES),
                             methods=("synthseg+", "synthseg"))
     table = simulate_ageing_table(planted, np.random.default_rng(0))
     table = table.assign(path=table["scan_id"] + ".nii.gz", model_id="test", shape_x=256, shape_y=256, shape_z=40)
@@ -112,3 +112,54 @@ def test_morpho_main_prints_one_line(inputs, tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "method(s) s1+s2 not in the table" in err
+
+
+def test_random_intercept_option_reports_mixedlm_ses(inputs, tmp_path):
+    from morphometry.analysis.ageing_api import fit_ageing
+
+    out = tmp_path / "ri"
+    _run(inputs / "volumes.parquet", "--covariates", inputs / "cov.csv", "-o", out, "--structures", "hippocampus",
+         "--methods", "synthseg+", "--penalty", "0", "--bootstrap", "0", "--no-figures", "--random-intercept")
+    coef = pd.read_csv(out / "coefficients.csv")
+    ri = fit_ageing(inputs / "volumes.parquet", inputs / "cov.csv", structures="hippocampus", methods="synthseg+",
+                    penalty=0.0, random_intercept=True)
+    plain = fit_ageing(inputs / "volumes.parquet", inputs / "cov.csv", structures="hippocampus",
+                       methods="synthseg+", penalty=0.0)
+    np.testing.assert_allclose(coef["std_error"], ri.coefficients()["std_error"], rtol=1e-9)
+    assert not np.allclose(coef["std_error"], plain.coefficients()["std_error"], rtol=1e-3)
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary["subject_sd"].iloc[0] > 0 and summary["scan_sd"].iloc[0] > 0
+    assert json.loads((out / "ageing.json").read_text())["spec"]["random_intercept"] is True
+
+
+def test_errors_name_the_flag_of_the_setting(inputs, tmp_path, capsys):
+    from morphometry.cli import main
+
+    base = ["fit-ageing", str(inputs / "volumes.parquet"), "--covariates", str(inputs / "cov.csv"),
+            "-o", str(tmp_path / "o"), "--bootstrap", "0", "--no-figures", "--structures", "hippocampus"]
+    cases = [(["--knots", "1"], "--knots: must be at least 2, not 1"),
+             (["--structures", "hipocampus"], "--structures: unknown structure 'hipocampus'"),
+             (["--direction", "hippocampus=down"], "--direction: 'down' for hippocampus is not one of"),
+             (["--reference-spacing", "1", "1"], "--reference-spacing: needs 3 values"),
+             (["--age-column", "age_years"], "--age-column: "),
+             (["--where", "slice_spacing_mm >"], "--where: 'slice_spacing_mm >': cannot evaluate"),
+             (["--reference-method", "s1+s2"], "--reference-method: 's1+s2' was not fitted"),
+             (["--bootstrap", "1"], "--bootstrap: the bootstrap needs at least 2 replicates, not 1")]
+    for extra, expected in cases:
+        assert main(base + extra) == 2  # a repeated option: the last one counts
+        err = capsys.readouterr().err
+        assert expected in err, (extra, err)
+
+
+def test_bootstrap_reports_progress_in_replicates(inputs, tmp_path, capsys):
+    from morphometry.cli import main
+
+    rc = main(["fit-ageing", str(inputs / "volumes.parquet"), "--covariates", str(inputs / "cov.csv"),
+               "-o", str(tmp_path / "o"), "--structures", "hippocampus", "--bootstrap", "40", "--no-figures"])
+    assert rc == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("bootstrap")]
+    assert lines and "replicate" in lines[-1]
+    assert "80/80 replicate (100 %)" in lines[-1]  # 2 methods x 40 replicates
+    rc = main(["-q", "fit-ageing", str(inputs / "volumes.parquet"), "--covariates", str(inputs / "cov.csv"),
+               "-o", str(tmp_path / "q"), "--structures", "hippocampus", "--bootstrap", "40", "--no-figures"])
+    assert rc == 0 and "bootstrap" not in capsys.readouterr().err

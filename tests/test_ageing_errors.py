@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from morphometry.analysis.ageing import AgeingModel, AgeingSpec, PlantedAgeing, simulate_ageing_table
+from morphometry.analysis.ageing_model import AgeingModel, AgeingSpec
+from morphometry.analysis.ageing_simulation import SimulatedAgeingData, simulate_ageing_table
 from morphometry.errors import DataError, InputError
 
 S = "left_hippocampus"
@@ -13,20 +14,22 @@ S = "left_hippocampus"
 
 @pytest.fixture(scope="module")
 def table():
-    return simulate_ageing_table(PlantedAgeing(n_subjects=100), np.random.default_rng(0))
+    return simulate_ageing_table(SimulatedAgeingData(n_subjects=100), np.random.default_rng(0))
 
 
 def _fit(table, **kw):
     return AgeingModel(AgeingSpec(**{"structures": (S,), **kw})).fit(table, source="vol.parquet")
 
 
-def test_missing_columns_are_named(table):
-    with pytest.raises(InputError, match=r"vol.parquet: missing columns: age"):
+def test_missing_columns_are_named_with_the_setting_that_needs_them(table):
+    with pytest.raises(InputError, match=r"^age_column: vol.parquet: missing columns: age$"):
         _fit(table.drop(columns="age"))
-    with pytest.raises(InputError, match=r"missing columns: right_hippocampus"):
+    with pytest.raises(InputError, match=r"^structures: vol.parquet: missing columns: right_hippocampus$"):
         _fit(table, structures=("hippocampus",))
-    with pytest.raises(InputError, match=r"missing columns: spacing_y_mm"):
+    with pytest.raises(InputError, match=r"^spacing_terms: vol.parquet: missing columns: spacing_y_mm$"):
         _fit(table.drop(columns="spacing_y_mm"))
+    with pytest.raises(InputError, match=r"^units: vol.parquet: missing columns: total_intracranial$"):
+        _fit(table, units="fraction_tiv")
 
 
 def test_ages_out_of_range_or_missing(table):
@@ -76,11 +79,12 @@ def test_method_and_structure_not_present(table):
 
 
 def test_where_expression_errors(table):
-    with pytest.raises(InputError, match=r"--where 'slice_spacing_mm >>> 3'"):
+    with pytest.raises(InputError, match=r"^where: 'slice_spacing_mm >>> 3': cannot evaluate") as err:
         _fit(table, where="slice_spacing_mm >>> 3")
-    with pytest.raises(InputError, match=r"--where 'no_such_column > 3'"):
+    assert err.value.setting == "where"
+    with pytest.raises(InputError, match=r"^where: 'no_such_column > 3'"):
         _fit(table, where="no_such_column > 3")
-    with pytest.raises(DataError, match=r"no scans left to fit after --where"):
+    with pytest.raises(DataError, match=r"^where: vol.parquet: no scans left to fit after selecting"):
         _fit(table, where="slice_spacing_mm > 100")
 
 
@@ -92,11 +96,11 @@ def test_where_selects_the_subset(table):
 def test_spec_validation():
     with pytest.raises(InputError, match="units"):
         AgeingSpec(units="cm3")
-    with pytest.raises(InputError, match="direction for hippocampus: 'down'"):
+    with pytest.raises(InputError, match="^direction: 'down' for hippocampus is not one of"):
         AgeingSpec(directions=(("hippocampus", "down"),))
     with pytest.raises(InputError, match="penalty"):
         AgeingSpec(penalty=-1.0)
-    with pytest.raises(InputError, match="reference_spacing_mm needs 3 values"):
+    with pytest.raises(InputError, match="^reference_spacing_mm: needs 3 values"):
         AgeingSpec(reference_spacing_mm=(1.0,))
     with pytest.raises(InputError, match="fraction of itself"):
         AgeingModel(AgeingSpec(structures=("total_intracranial",), units="fraction_tiv")).fit(None)

@@ -11,14 +11,15 @@ import pandas as pd
 import pytest
 from matplotlib.colors import to_hex
 
-from morphometry.analysis.ageing import AgeingModel, AgeingSpec, PlantedAgeing, simulate_ageing_table
+from morphometry.analysis.ageing_model import AgeingModel, AgeingSpec
+from morphometry.analysis.ageing_simulation import SimulatedAgeingData, simulate_ageing_table
 from morphometry.reports.ageing_figures import structure_grid_figure, trajectory_figure, write_ageing_figures
 from morphometry.reports.style import method_colour
 
 
 @pytest.fixture(scope="module")
 def tables():
-    planted = PlantedAgeing(n_subjects=60, structures=("left_hippocampus", "right_hippocampus", "csf"),
+    planted = SimulatedAgeingData(n_subjects=60, structures=("left_hippocampus", "right_hippocampus", "csf"),
                             methods=("synthseg", "synthseg+"))
     fit = AgeingModel(AgeingSpec(structures=("hippocampus", "csf"))).fit(
         simulate_ageing_table(planted, np.random.default_rng(0)))

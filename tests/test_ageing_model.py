@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 from scipy.optimize import lsq_linear
 
-from morphometry.analysis.ageing import (AgeingModel, AgeingSpec, PlantedAgeing, change_metrics, parse_sex,
-                             resolve_structures, simulate_ageing_table)
+from morphometry.analysis.ageing_metrics import change_metrics
+from morphometry.analysis.ageing_model import AgeingModel, AgeingSpec, parse_sex, resolve_structures
+from morphometry.analysis.ageing_simulation import SimulatedAgeingData, simulate_ageing_table
 from morphometry.analysis.splines import SplineBasis
 from morphometry.errors import DataError
 from morphometry.labels import STRUCTURES, TOTAL_INTRACRANIAL
@@ -17,7 +18,7 @@ SM = pytest.importorskip("statsmodels.api")
 
 
 def _table(n_subjects=150, seed=0, **kw) -> pd.DataFrame:
-    return simulate_ageing_table(PlantedAgeing(n_subjects=n_subjects, **kw), np.random.default_rng(seed))
+    return simulate_ageing_table(SimulatedAgeingData(n_subjects=n_subjects, **kw), np.random.default_rng(seed))
 
 
 def test_basis_has_n_knots_plus_two_functions_and_reproduces_cubics():
@@ -214,7 +215,7 @@ def test_missing_volumes_drop_scans_per_structure_and_bootstrap_uses_the_same_ro
     x = fit.design_matrix("synthseg+").to_numpy()
     expected, *_ = np.linalg.lstsq(x[keep], table["right_hippocampus"].to_numpy()[keep], rcond=None)
     np.testing.assert_allclose(fit.fits[("synthseg+", "right_hippocampus")].coef, expected, rtol=1e-8)
-    from morphometry.analysis.ageing import subject_counts
+    from morphometry.analysis.ageing_bootstrap import subject_counts
 
     boot = fit.bootstrap(3, np.random.default_rng(0))
     counts = subject_counts(len(fit.subjects), 3, np.random.default_rng(0))

@@ -7,15 +7,16 @@ import pytest
 from scipy.optimize import lsq_linear
 from threadpoolctl import threadpool_limits
 
-from morphometry.analysis.ageing import (AgeingModel, AgeingSpec, PlantedAgeing, simulate_ageing_table,
-                             subject_counts)
+from morphometry.analysis.ageing_bootstrap import subject_counts
+from morphometry.analysis.ageing_model import AgeingModel, AgeingSpec
+from morphometry.analysis.ageing_simulation import SimulatedAgeingData, simulate_ageing_table
 from morphometry.analysis.splines import PenaltySettings, solve_penalised
 
 S = "left_hippocampus"
 REF = AgeingSpec(structures=(S,), reference_spacing_mm=(1.0, 1.0, 1.0))
 
 
-def _fit(planted: PlantedAgeing, seed: int, spec: AgeingSpec = REF):
+def _fit(planted: SimulatedAgeingData, seed: int, spec: AgeingSpec = REF):
     return AgeingModel(spec).fit(simulate_ageing_table(planted, np.random.default_rng(seed)))
 
 
@@ -24,7 +25,7 @@ def test_curve_rmse_shrinks_with_n_and_is_bounded_at_1000_subjects():
     # coefficients the curve's standard error at 1000 subjects is about 15 mm^3.
     rmse = {}
     for n in (250, 1000, 4000):
-        planted = PlantedAgeing(n_subjects=n)
+        planted = SimulatedAgeingData(n_subjects=n)
         errors = []
         for seed in range(3):
             fit = _fit(planted, seed)
@@ -37,7 +38,7 @@ def test_curve_rmse_shrinks_with_n_and_is_bounded_at_1000_subjects():
 
 @pytest.mark.slow
 def test_spacing_and_sex_effects_inside_their_95_intervals():
-    planted = PlantedAgeing(n_subjects=120)
+    planted = SimulatedAgeingData(n_subjects=120)
     truth = np.r_[planted.gamma, planted.delta]
     hits = np.zeros(4)
     for seed in range(100):
@@ -49,7 +50,7 @@ def test_spacing_and_sex_effects_inside_their_95_intervals():
 
 @pytest.mark.slow
 def test_bootstrap_bands_cover_the_true_curve_at_the_nominal_rate():
-    planted = PlantedAgeing(n_subjects=300, drop=0.5, noise_sd=100.0, subject_sd=50.0)
+    planted = SimulatedAgeingData(n_subjects=300, drop=0.5, noise_sd=100.0, subject_sd=50.0)
     coverage = []
     for seed in range(60):
         fit = _fit(planted, seed)
@@ -63,7 +64,7 @@ def test_bootstrap_bands_cover_the_true_curve_at_the_nominal_rate():
 def test_bootstrap_replicates_equal_direct_fits_of_resampled_subjects():
     """Replicate b refits the same model (knots, scale, direction) to the subjects drawn for it:
     check against a weighted hard-constrained least squares (large lambda) built independently."""
-    planted = PlantedAgeing(n_subjects=80)
+    planted = SimulatedAgeingData(n_subjects=80)
     table = simulate_ageing_table(planted, np.random.default_rng(11))
     table[S] += 500.0 * np.exp(-0.5 * ((table["age"] - 50.0) / 6.0) ** 2)
     spec = AgeingSpec(structures=(S,), direction="decreasing", penalty=1e3)
@@ -87,7 +88,7 @@ def test_bootstrap_replicates_equal_direct_fits_of_resampled_subjects():
 
 
 def test_active_set_and_lbfgsb_agree_on_soft_penalty_replicates():
-    planted = PlantedAgeing(n_subjects=150)
+    planted = SimulatedAgeingData(n_subjects=150)
     fit = _fit(planted, 12, AgeingSpec(structures=(S,), direction="decreasing", penalty=0.05))
     boot = fit.bootstrap(20, np.random.default_rng(3))
     counts = subject_counts(len(fit.subjects), 20, np.random.default_rng(3))
@@ -109,7 +110,7 @@ def test_active_set_and_lbfgsb_agree_on_soft_penalty_replicates():
 
 
 def test_bootstrap_is_reproducible_and_resamples_subjects():
-    planted = PlantedAgeing(n_subjects=60, methods=("synthseg+", "synthseg"))
+    planted = SimulatedAgeingData(n_subjects=60, methods=("synthseg+", "synthseg"))
     fit = _fit(planted, 13, AgeingSpec(structures=(S,)))
     a = fit.bootstrap(10, np.random.default_rng(7)).coefs[("synthseg", S)]
     b = fit.bootstrap(10, np.random.default_rng(7)).coefs[("synthseg", S)]

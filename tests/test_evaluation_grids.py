@@ -8,8 +8,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from morphometry.analysis.evaluation import (EvaluationConfig, LabelImage, Prediction, Reference, evaluate_pair,
-                                 load_labels, on_common_grid, resample_nearest)
+from morphometry.analysis.evaluation import EvaluationConfig, evaluate_pair
+from morphometry.analysis.evaluation_inputs import Prediction, Reference
+from morphometry.analysis.label_maps import LabelImage, load_labels, on_common_grid, resample_nearest
 from morphometry.errors import DataError
 
 

@@ -1,4 +1,4 @@
-"""Label tables against synthseg-facts.md; input discovery (folders, manifests, BIDS)."""
+"""Label tables against the original's label files (``data/labels_classes_priors/*.npy``); input discovery (folders, manifests, BIDS)."""
 
 from __future__ import annotations
 

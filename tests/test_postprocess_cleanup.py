@@ -1,4 +1,4 @@
-"""Posterior clean-up on hand-made posteriors (synthseg-facts.md 2.8, pitfalls 10-11)."""
+"""Posterior clean-up on hand-made posteriors (the original's ``predict_synthseg.postprocess``)."""
 
 from __future__ import annotations
 

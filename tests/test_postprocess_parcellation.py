@@ -1,4 +1,4 @@
-"""Parcellation clean-up (synthseg-facts.md 2.9, pitfall 15)."""
+"""Parcellation clean-up (the original's ``predict_synthseg.postprocess`` with ``--parc``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Percentile normalisation, CT window and padding (synthseg-facts.md 2.5-2.6, pitfalls 5-6)."""
+"""Percentile normalisation, CT window and padding (the original's ``predict_synthseg.preprocess``: ``rescale_volume``, padding)."""
 
 from __future__ import annotations
 

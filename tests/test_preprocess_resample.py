@@ -1,4 +1,4 @@
-"""Resampling to the working resolution (synthseg-facts.md 2.3, pitfalls 3-4)."""
+"""Resampling to the working resolution (the original's ``edit_volumes.resample_volume``, as ``predict_synthseg.preprocess`` calls it)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def world_function(world: np.ndarray) -> np.ndarray:
 
 
 def reference_resample(data: np.ndarray, factors) -> np.ndarray:
-    """The recipe of synthseg-facts.md 2.3 with scipy, in float64 (independent of morphometry.segment.preprocess)."""
+    """The original's resampling recipe (README, Preprocessing) with scipy, in float64 (independent of morphometry.segment.preprocess)."""
     sigmas = [0.25 / f if f <= 1 else 0.0 for f in factors]
     blurred = ndimage.gaussian_filter(data.astype(np.float64), sigmas, mode="reflect", truncate=4.0)
     axes = []

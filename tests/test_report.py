@@ -145,3 +145,25 @@ def test_report_in_headless_chromium(report_inputs):
         assert driver.save_screenshot(str(ARTIFACTS / "report.png"))
     finally:
         driver.quit()
+
+
+def test_cohort_figure_stacks_the_scans_of_each_bin():
+    from matplotlib.colors import to_hex
+
+    from morphometry.reports.cohort_figures import AXIS_COLOURS, SEX_COLOURS, cohort_figure
+
+    rng = np.random.default_rng(5)
+    n = 90
+    scans = pd.DataFrame({"age": rng.uniform(20, 90, n), "sex": rng.choice(["F", "M", "?"], n),
+                          "slice_spacing_mm": rng.choice([1.0, 3.0, 5.5, 7.0], n),
+                          "slice_axis": rng.choice(["axial", "coronal", "sagittal"], n)})
+    ages_ax, spacing_ax = cohort_figure(scans).axes
+    for ax, values, bins, colours in (
+            (ages_ax, scans["age"], np.arange(20, 95, 5), SEX_COLOURS),
+            (spacing_ax, scans["slice_spacing_mm"], np.arange(0.5, 10.0, 0.5), AXIS_COLOURS)):
+        heights: dict[float, float] = {}
+        for bar in ax.patches:
+            heights[round(bar.get_x(), 6)] = heights.get(round(bar.get_x(), 6), 0.0) + bar.get_height()
+            assert to_hex(bar.get_facecolor()) in colours.values()
+        counts, _ = np.histogram(values, bins)
+        assert [heights.get(round(b, 6), 0.0) for b in bins[:-1]] == counts.tolist()

@@ -201,10 +201,52 @@ def test_silver_inputs_are_checked(tmp_path, capsys):
     with pytest.raises(InputError, match=r"cols.csv: session manifest lacks column\(s\) session_id, labels"):
         read_sessions(tmp_path / "cols.csv")
     assert main(["silver", "scan.nii.gz", "-o", str(tmp_path / "o")]) == 2
-    assert "--reference-image and --reference-labels" in capsys.readouterr().err
+    assert "--reference-image: needed with scans" in capsys.readouterr().err
     with pytest.raises(InputError):
         RegistrationConfig(init="random")
     # missing reference files: every scan of the session is a failure, the batch still finishes
     rc = main(["silver", str(tmp_path / "scan.nii.gz"), "--reference-image", str(tmp_path / "t1.nii.gz"),
                "--reference-labels", str(tmp_path / "aseg.nii.gz"), "-o", str(tmp_path / "o")])
     assert rc == 1 and "t1.nii.gz: file not found" in capsys.readouterr().err
+
+
+def test_silver_api_matches_the_command_and_reports_progress(reference, tmp_path, capsys):
+    import nibabel as nib
+    import pandas as pd
+
+    from morphometry.analysis.silver import SilverResult, silver
+    from morphometry.cli import main
+    from morphometry.progress import configure_logging
+
+    image, labels, affine = reference
+    truth = rigid((-5.0, 3.0, 6.0), (4.0, -6.0, 2.0))
+    scan, _, scan_affine = moved_scan(truth, (64, 72, 60), (2.5, 2.5, 2.5), 1, np.random.default_rng(5), noise=0.02)
+    t1 = save_nifti(tmp_path / "t1.nii.gz", image, affine)
+    aseg = save_nifti(tmp_path / "t1_aseg.nii.gz", labels, affine)
+    flair = save_nifti(tmp_path / "flair.nii.gz", scan, scan_affine)
+    assert main(["silver", str(flair), "--reference-image", str(t1), "--reference-labels", str(aseg),
+                 "-o", str(tmp_path / "cli"), "--seed", "3"]) == 0
+    configure_logging(0)
+    sessions = pd.DataFrame({"session_id": ["s", "s"], "scan_id": ["t1", "flair"], "path": [str(t1), str(flair)],
+                             "labels": [str(aseg), ""]})
+    result = silver(tmp_path / "api", sessions=sessions, seed=3)
+    assert isinstance(result, SilverResult) and result.ok and result.n_sessions == 1
+    assert "silver: 1/1 scan (100 %)" in capsys.readouterr().err
+    cli = pd.read_csv(tmp_path / "cli" / "registration.csv")
+    assert result.registrations["seed"].tolist() == cli["seed"].tolist()
+    matrix = np.r_[np.array(result.registrations["matrix_ras"].iloc[0].split(), dtype=float).reshape(3, 4),
+                   [[0, 0, 0, 1]]]
+    assert rotation_error_deg(matrix, truth) < 1.0
+    columns = [c for c in cli.columns if c.startswith(("angle_", "translation_"))]
+    # multithreaded SimpleITK is not bit-exact from run to run
+    assert np.allclose(result.registrations[columns].to_numpy(float), cli[columns].to_numpy(float), atol=0.05)
+    assert pd.read_csv(tmp_path / "api" / "silver.csv").equals(result.manifest)
+    api_labels = np.asarray(nib.load(result.manifest["path"].iloc[0]).dataobj)
+    cli_labels = np.asarray(nib.load(str(tmp_path / "cli" / "silver" / "flair.nii.gz")).dataobj)
+    assert np.mean(api_labels == cli_labels) > 0.999
+    from morphometry.errors import InputError
+
+    with pytest.raises(InputError, match="^sessions: .*not both"):
+        silver(tmp_path / "x", sessions=sessions, scans=[flair])
+    with pytest.raises(InputError, match="^reference_labels: needed with scans"):
+        silver(tmp_path / "x", scans={"flair": flair}, reference_image=t1)

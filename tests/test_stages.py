@@ -53,7 +53,7 @@ def test_flip_averaging_and_smoothing_match_the_original_order(tiny_bundle):
 
 
 def qc_crop_reference(idx: np.ndarray, size: int = 224) -> np.ndarray:
-    """synthseg-facts.md 2.12 step 2, written independently in NumPy."""
+    """The QC crop of the original's ``predict_synthseg.build_model``, written independently in NumPy."""
     mask = (idx != 0) & (idx != 24)
     if mask.any():
         nz = np.nonzero(mask)

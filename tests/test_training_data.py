@@ -151,5 +151,5 @@ def test_denoiser_examples_from_the_generator_images(maps_dir):
     np.testing.assert_array_equal(x, source._run_previous(sample.image))
     np.testing.assert_array_equal(y, GROUP_LUT[sample.target])
     assert set(np.unique(x)) <= {0.0, 1.0} and np.all(x.sum(0) == 1)  # S1's one-hot output
-    with pytest.raises(InputError, match="--d-inputs 'real'"):
+    with pytest.raises(InputError, match="d_inputs: 'real': choose degraded or generator"):
         DataConfig("d", d_inputs="real")

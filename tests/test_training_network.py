@@ -126,7 +126,7 @@ def test_one_training_step_decreases_the_loss_on_a_fixed_batch():
 
 
 def test_d_variants_follow_the_paper_and_the_release():
-    from morphometry.segment.training.train import TrainConfig
+    from morphometry.segment.training.runs import TrainConfig
 
     paper = TrainConfig(role="d", label_maps="x", width=16, levels=5, crop=32).spec()
     assert (paper.convs_per_level, paper.multiplier, paper.skips_removed, paper.kernel) == (1, 1, 2, 3)
@@ -137,7 +137,7 @@ def test_d_variants_follow_the_paper_and_the_release():
 def test_d_skips_removed_sets_the_finest_scale_of_d():
     """One missing skip in a 4-level D: only the last decoder step (back to full resolution) lacks
     its skip, so that step's convolution sees the upsampled features alone."""
-    from morphometry.segment.training.train import TrainConfig
+    from morphometry.segment.training.runs import TrainConfig
     from morphometry.segment.training.unet_torch import UNet
 
     spec = TrainConfig(role="d", label_maps="x", width=4, levels=4, crop=32, d_skips_removed=1).spec()
@@ -146,5 +146,5 @@ def test_d_skips_removed_sets_the_finest_scale_of_d():
     assert model.convs["conv_uparm_5_0"].conv.in_channels == 8  # skip (4) + upsampled (4)
     assert model.convs["conv_uparm_6_0"].conv.in_channels == 4  # upsampled only
     assert model(torch.zeros(1, 5, 16, 16, 16)).shape == (1, 5, 16, 16, 16)
-    with pytest.raises(InputError, match="must be >= 0"):
+    with pytest.raises(InputError, match=r"d_skips_removed: must be at least 0 \(got -1\)"):
         TrainConfig(role="d", label_maps="x", levels=4, crop=32, d_skips_removed=-1)

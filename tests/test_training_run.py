@@ -16,8 +16,9 @@ from test_training_data import write_maps
 from morphometry.cli import main
 from morphometry.errors import InputError
 from morphometry.segment.bundle import load_bundle, verify_bundle
-from morphometry.segment.training.export import export_bundle, load_run, min_size_for
-from morphometry.segment.training.train import TrainConfig, train
+from morphometry.segment.training.export import export_bundle, min_size_for
+from morphometry.segment.training.runs import TrainConfig, load_run
+from morphometry.segment.training.train import train
 
 TINY = dict(steps=2, crop=16, width=2, levels=2, resolution_mm=2.0, checkpoint_every=1, validate_every=1,
             validation_examples=1, held_out=1, workers=0, lr=1e-3)
@@ -39,12 +40,12 @@ def _log(run_dir) -> list[dict]:
 
 def test_resume_continues_with_the_same_step_and_data(maps_dir, tmp_path):
     straight = tmp_path / "straight"
-    train(_config(maps_dir), straight, log=lambda m: None)
+    train(_config(maps_dir), straight)
     split = tmp_path / "split"
-    train(_config(maps_dir, steps=1), split, log=lambda m: None)
+    train(_config(maps_dir, steps=1), split)
     with open(split / "log.csv", "a") as fh:  # a row the killed run wrote after its last checkpoint
         fh.write("2,0.5,,1.0\n")
-    train(_config(maps_dir, steps=2), split, resume=True, log=lambda m: None)
+    train(_config(maps_dir, steps=2), split, resume=True)
     a, b = load_run(straight), load_run(split)
     assert a.step == b.step == 2
     for (name, pa), pb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
@@ -57,15 +58,15 @@ def test_run_errors(maps_dir, tmp_path):
     with pytest.raises(InputError, match="needs a checkpoint"):
         train(_config(maps_dir), tmp_path / "none", resume=True)
     done = tmp_path / "done"
-    train(_config(maps_dir, steps=1), done, log=lambda m: None)
+    train(_config(maps_dir, steps=1), done)
     with pytest.raises(InputError, match="already holds checkpoints"):
         train(_config(maps_dir, steps=1), done)
-    with pytest.raises(InputError, match="needs --previous"):
+    with pytest.raises(InputError, match="previous: training d needs the run folder of an S1 training run"):
         train(_config(maps_dir, role="d"), tmp_path / "d")
     with pytest.raises(InputError, match="multiple of 2"):
         _config(maps_dir, crop=15)
     synthseg = tmp_path / "synthseg"
-    train(_config(maps_dir, role="synthseg", steps=1), synthseg, log=lambda m: None)
+    train(_config(maps_dir, role="synthseg", steps=1), synthseg)
     with pytest.raises(InputError, match="a synthseg run, expected a s1 run"):
         train(_config(maps_dir, role="d", previous=str(synthseg)), tmp_path / "d2")
 
@@ -75,6 +76,8 @@ def test_cli_resume_refuses_changed_settings(maps_dir, tmp_path, capsys):
     assert main(["train", "s1", "--label-maps", str(maps_dir), "-o", str(run), "--steps", "1", "--crop", "16",
                  "--width", "2", "--levels", "2", "--held-out", "1", "--workers", "0",
                  "--validation-examples", "1"]) == 0
+    err = capsys.readouterr().err  # the logger's lines when stderr is not a terminal
+    assert "train s1: 1/1 step (100 %)" in err and "step 1: loss " in err
     assert main(["train", "s1", "-o", str(run), "--resume", "--crop", "32"]) == 2
     assert "only --steps and --workers" in capsys.readouterr().err
     assert main(["train", "s2", "-o", str(run), "--resume"]) == 2
@@ -82,16 +85,26 @@ def test_cli_resume_refuses_changed_settings(maps_dir, tmp_path, capsys):
     assert load_run(run).step == 2
 
 
+def test_cli_errors_name_the_flag(maps_dir, tmp_path, capsys):
+    base = ["--label-maps", str(maps_dir), "--held-out", "1", "--workers", "0"]
+    assert main(["train", "s1", *base, "-o", str(tmp_path / "a"), "--crop", "15", "--levels", "2"]) == 2
+    assert "morpho train: error: --crop: 15 must be a multiple of 2" in capsys.readouterr().err
+    assert main(["train", "d", *base, "-o", str(tmp_path / "b"), "--crop", "16", "--width", "2", "--levels", "2"]) == 2
+    assert "--previous: training d needs the run folder of an S1 training run" in capsys.readouterr().err
+    assert main(["train", "s1", *base, "-o", str(tmp_path / "c"), "--init", str(tmp_path / "none")]) == 2
+    assert f"--init: {tmp_path / 'none'}: no checkpoint in" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_all_five_networks_export_verify_and_segment(maps_dir, tmp_path):
     runs = {}
     for role in ("s1", "s2", "synthseg"):
         runs[role] = tmp_path / role
-        train(_config(maps_dir, role=role, steps=1), runs[role], log=lambda m: None)
+        train(_config(maps_dir, role=role, steps=1), runs[role])
     runs["d"] = tmp_path / "d"
-    train(_config(maps_dir, role="d", steps=1, previous=str(runs["s1"])), runs["d"], log=lambda m: None)
+    train(_config(maps_dir, role="d", steps=1, previous=str(runs["s1"])), runs["d"])
     runs["d_all"] = tmp_path / "d_all"
-    train(_config(maps_dir, role="d_all", steps=1, previous=str(runs["synthseg"])), runs["d_all"], log=lambda m: None)
+    train(_config(maps_dir, role="d_all", steps=1, previous=str(runs["synthseg"])), runs["d_all"])
 
     out = tmp_path / "bundle"
     assert main(["train", "export", *map(str, runs.values()), "-o", str(out)]) == 0
@@ -116,8 +129,8 @@ def test_all_five_networks_export_verify_and_segment(maps_dir, tmp_path):
 
 def test_export_refuses_mixed_runs(maps_dir, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    train(_config(maps_dir, steps=1), a, log=lambda m: None)
-    train(_config(maps_dir, steps=1), b, log=lambda m: None)
+    train(_config(maps_dir, steps=1), a)
+    train(_config(maps_dir, steps=1), b)
     with pytest.raises(InputError, match="one run per role"):
         export_bundle([a, b], tmp_path / "x", "x")
     with pytest.raises(InputError, match="no checkpoint"):
@@ -133,7 +146,7 @@ def test_evaluate_a_trained_bundle(maps_dir, tmp_path):
     runs = []
     for role in ("s1", "synthseg"):
         runs.append(tmp_path / role)
-        train(_config(maps_dir, role=role, steps=1), runs[-1], log=lambda m: None)
+        train(_config(maps_dir, role=role, steps=1), runs[-1])
     bundle = export_bundle(runs, tmp_path / "bundle", "tiny")
     config = EvaluationConfig(held_out=1, contrasts=("t1",), spacings_mm=(1.0, 6.0), low_snr_spacings_mm=(3.0,))
     result = evaluate_bundle(bundle, maps_dir, config)
@@ -173,9 +186,9 @@ def test_batchnorm_recalibration_averages_the_examples_statistics(maps_dir):
 
 def test_init_starts_from_another_runs_weights(maps_dir, tmp_path):
     first = tmp_path / "first"
-    train(_config(maps_dir), first, log=lambda m: None)
+    train(_config(maps_dir), first)
     tuned = tmp_path / "tuned"
-    train(_config(maps_dir, crop=32, steps=1, lr=0.0, init=str(first)), tuned, log=lambda m: None)
+    train(_config(maps_dir, crop=32, steps=1, lr=0.0, init=str(first)), tuned)
     a, b = load_run(first).model.state_dict(), load_run(tuned).model.state_dict()
     for name in a:
         if "norms" not in name:  # lr 0 keeps the weights; the batch-norm statistics are recalibrated
@@ -183,21 +196,21 @@ def test_init_starts_from_another_runs_weights(maps_dir, tmp_path):
     card = load_run(tuned).card()["initialised_from"]
     assert card["run"] == str(first) and card["steps"] == 2 and card["crop"] == 16
     with pytest.raises(InputError, match="differs from this run's"):
-        train(_config(maps_dir, width=4, init=str(first)), tmp_path / "wider", log=lambda m: None)
+        train(_config(maps_dir, width=4, init=str(first)), tmp_path / "wider")
     with pytest.raises(InputError, match="no checkpoint"):
         (tmp_path / "empty").mkdir()
         (tmp_path / "empty" / "config.json").write_text((first / "config.json").read_text())
-        train(_config(maps_dir, init=str(tmp_path / "empty")), tmp_path / "x", log=lambda m: None)
+        train(_config(maps_dir, init=str(tmp_path / "empty")), tmp_path / "x")
 
 
 def test_init_from_a_bundle_takes_its_network_of_the_same_role(maps_dir, tmp_path):
     first = tmp_path / "first"
-    train(_config(maps_dir), first, log=lambda m: None)
+    train(_config(maps_dir), first)
     bundle = tmp_path / "bundle"
     export_bundle([first], bundle, "tiny-v1")
     tuned = tmp_path / "tuned"
     frozen = dict(steps=1, lr=0.0, bn_momentum=0.0, recalibration_examples=0)  # one step that changes nothing
-    train(_config(maps_dir, init=str(bundle), **frozen), tuned, log=lambda m: None)
+    train(_config(maps_dir, init=str(bundle), **frozen), tuned)
     a, b = load_run(first).model.state_dict(), load_run(tuned).model.state_dict()
     for name in a:  # through ONNX and back: bit-exact, batch-norm statistics included
         if not name.endswith("num_batches_tracked"):
@@ -206,11 +219,11 @@ def test_init_from_a_bundle_takes_its_network_of_the_same_role(maps_dir, tmp_pat
     assert card["bundle"] == str(bundle) and card["model_id"] == "tiny-v1" and card["steps"] == 2
     assert card["sha256"] == load_bundle(bundle).networks["s1"].sha256 and card["crop"] == 16
     with pytest.raises(InputError, match="differs from this run's"):
-        train(_config(maps_dir, width=4, init=str(bundle)), tmp_path / "wider", log=lambda m: None)
+        train(_config(maps_dir, width=4, init=str(bundle)), tmp_path / "wider")
     with pytest.raises(InputError, match="has no synthseg network"):
-        train(_config(maps_dir, role="synthseg", init=str(bundle)), tmp_path / "other", log=lambda m: None)
+        train(_config(maps_dir, role="synthseg", init=str(bundle)), tmp_path / "other")
     with pytest.raises(InputError, match="works at 2 mm, this run at 3 mm"):
-        train(_config(maps_dir, resolution_mm=3.0, init=str(bundle)), tmp_path / "coarse", log=lambda m: None)
+        train(_config(maps_dir, resolution_mm=3.0, init=str(bundle)), tmp_path / "coarse")
     (bundle / "s1.onnx").write_bytes(b"not a network")
     with pytest.raises(InputError, match="does not match its sha256"):
-        train(_config(maps_dir, init=str(bundle)), tmp_path / "broken", log=lambda m: None)
+        train(_config(maps_dir, init=str(bundle)), tmp_path / "broken")

@@ -5,6 +5,13 @@ from __future__ import annotations
 import argparse
 
 FIGURE_STRUCTURES = ("cerebral_cortex", "hippocampus")
+FLAGS = {"structures": "--structures", "methods": "--methods", "where": "--where", "units": "--units",
+         "direction": "--direction", "penalty": "--penalty", "n_knots": "--knots",
+         "spacing_terms": "--spacing-terms", "reference_spacing_mm": "--reference-spacing",
+         "outlier_sd": "--outlier-sd", "age_column": "--age-column", "sex_column": "--sex-column",
+         "random_intercept": "--random-intercept", "covariates": "--covariates", "volumes": "VOLUMES",
+         "bootstrap": "--bootstrap", "n_replicates": "--bootstrap", "reference_method": "--reference-method"}
+"""Settings of the Python API (fit_ageing, AgeingSpec) -> the flags that set them."""
 
 
 def register(subparsers) -> None:
@@ -15,10 +22,14 @@ def register(subparsers) -> None:
                     "with covariates (age in years, sex), with subject-bootstrap bands, method "
                     "differences, outliers and the Fig. 6 / S5 / S6 figures.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("volumes", help="volumes table (volumes.parquet or .csv from morpho segment)")
-    p.add_argument("--covariates", required=True,
-                   help="CSV with scan_id (or subject_id [+ session_id]), age (years) and sex "
-                        "(M/F, male/female, or 1 = male / 0 = female)")
+    p.add_argument("volumes",
+                   help="volumes table (.parquet, .csv, .tsv or .txt): volumes.parquet from morpho segment, "
+                        "or any table with the columns of the structures to fit (without a method "
+                        "column it is one method, 'volumes'; without scan_id, rows are numbered)")
+    p.add_argument("--covariates", default=None,
+                   help="table (.csv, .tsv, .parquet) with scan_id (or subject_id [+ session_id]), age "
+                        "(years) and sex (M/F, male/female, or 1 = male / 0 = female); without it, the "
+                        "volumes table's own age and sex columns are used")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--structures", nargs="+", default=["summed"],
                    help="structures: table columns (left_hippocampus), left+right sums (hippocampus), "
@@ -40,6 +51,10 @@ def register(subparsers) -> None:
     p.add_argument("--spacing-terms", nargs="*", choices=["x", "y", "z"], default=["x", "y", "z"],
                    help="voxel-spacing axes with a linear term (none: give the option without values)")
     p.add_argument("--no-sex-term", action="store_true", help="leave out the sex offset")
+    p.add_argument("--random-intercept", action="store_true",
+                   help="a random intercept per subject for repeated scans (statsmodels MixedLM): "
+                        "generalised least squares and model-based standard errors instead of "
+                        "cluster-robust ones")
     p.add_argument("--reference-spacing", nargs="+", type=float, default=None, metavar="MM",
                    help="spacing (mm) per spacing term at which trajectories are drawn "
                         "(default: the medians of the fitted scans)")
@@ -49,13 +64,13 @@ def register(subparsers) -> None:
     p.add_argument("--reference-method", default=None,
                    help="method that others are compared to (default: synthseg+ if fitted, else the first)")
     p.add_argument("--outlier-sd", type=float, default=3.0, help="outlier threshold in robust SDs")
-    p.add_argument("--age-column", default="age", help="age column (years) of the covariates")
-    p.add_argument("--sex-column", default="sex", help="sex column of the covariates")
+    p.add_argument("--age-column", default="age", help="age column (years) of the covariates (or of the volumes table)")
+    p.add_argument("--sex-column", default="sex", help="sex column of the covariates (or of the volumes table)")
     p.add_argument("--figure-structures", nargs="+", default=None,
                    help="structures of the Fig. 6 / S6 figure (default: cerebral_cortex and "
                         "hippocampus when fitted, else the first two)")
     p.add_argument("--no-figures", action="store_true", help="write the tables only")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, flags=FLAGS)
 
 
 def _directions(values) -> tuple[str, tuple[tuple[str, str], ...]]:
@@ -70,41 +85,22 @@ def _directions(values) -> tuple[str, tuple[tuple[str, str], ...]]:
 
 
 def run(args) -> int:
-    import numpy as np
-
-    from morphometry.analysis.ageing import SPACING_COLUMNS, AgeingModel, AgeingSpec
-    from morphometry.analysis.ageing_outputs import write_ageing_outputs
-    from morphometry.errors import InputError
-    from morphometry.tables import join_covariates, read_table, read_volumes
+    from morphometry.analysis.ageing_api import fit_ageing
+    from morphometry.analysis.ageing_model import SPACING_COLUMNS
 
     direction, overrides = _directions(args.direction)
-    spacing = tuple(c for c, axis in zip(SPACING_COLUMNS, "xyz") if axis in args.spacing_terms)
-    spec = AgeingSpec(
-        structures=tuple(args.structures), methods=tuple(args.methods) if args.methods else None,
+    fit = fit_ageing(
+        args.volumes, args.covariates, structures=tuple(args.structures), methods=args.methods,
         units=args.units.replace("-", "_"), where=args.where, n_knots=args.knots, direction=direction,
-        directions=overrides, penalty=args.penalty, spacing_terms=spacing, sex_term=not args.no_sex_term,
-        reference_spacing_mm=tuple(args.reference_spacing) if args.reference_spacing else None,
-        outlier_sd=args.outlier_sd, age_column=args.age_column, sex_column=args.sex_column)
-    if args.bootstrap < 0 or args.bootstrap == 1:
-        raise InputError(f"--bootstrap must be 0 or at least 2, not {args.bootstrap}")
-    volumes = read_volumes(args.volumes)
-    covariates = read_table(args.covariates)
-    needed = [args.age_column] + ([] if args.no_sex_term else [args.sex_column])
-    missing = [c for c in needed if c not in covariates.columns]
-    if missing:
-        raise InputError(f"{args.covariates}: missing columns: {', '.join(missing)}")
-    table = join_covariates(volumes, covariates, source=str(args.covariates))
-    no_cov = table[args.age_column].isna()
-    if no_cov.any() and not args.where:
-        raise InputError(f"{args.covariates}: no covariates for {int(no_cov.sum())} scans "
-                         f"(e.g. {table.loc[no_cov, 'scan_id'].iloc[0]}); add them or drop those scans "
-                         "with --where")
-    fit = AgeingModel(spec).fit(table, source=f"{args.volumes} + {args.covariates}")
-    reference = fit.reference_method(args.reference_method)
-    boot = fit.bootstrap(args.bootstrap, np.random.default_rng(args.seed)) if args.bootstrap else None
-    written = write_ageing_outputs(fit, boot, args.output, seed=args.seed if boot else None,
-                                   inputs={"volumes": str(args.volumes), "covariates": str(args.covariates)},
-                                   reference_method=reference)
+        directions=overrides, penalty=args.penalty,
+        spacing_terms=tuple(c for c, axis in zip(SPACING_COLUMNS, "xyz") if axis in args.spacing_terms),
+        sex_term=not args.no_sex_term, reference_spacing_mm=args.reference_spacing,
+        outlier_sd=args.outlier_sd, age_column=args.age_column, sex_column=args.sex_column,
+        random_intercept=args.random_intercept)
+    reference = fit.reference_method(args.reference_method)  # checked before the bootstrap runs
+    if args.bootstrap:
+        fit = fit.with_bootstrap(args.bootstrap, args.seed)
+    written = fit.write(args.output, reference_method=reference)
     if not args.no_figures:
         from pathlib import Path
 

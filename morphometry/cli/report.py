@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
+
+FLAGS = {name: f"--{name}" for name in ("volumes", "ageing", "evaluation", "covariates", "structures", "planted")}
 
 
 def register(sub) -> None:
@@ -23,14 +24,14 @@ def register(sub) -> None:
                    help="known curves to draw in Fig. 6 (CSV: structure, age_years, volume_mm3; "
                         "simulate-cohort's planted_trajectories.csv)")
     p.add_argument("--title", default="morphometry report", help="page title")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, flags=FLAGS)
 
 
 def run(args) -> int:
-    from morphometry.reports.report import ReportInputs, build_report
+    from morphometry.reports.report import report
 
-    inputs = ReportInputs(tuple(args.volumes), args.ageing, args.evaluation, args.covariates,
-                          tuple(args.structures), planted=args.planted, title=args.title)
-    path = build_report(inputs, args.out)
+    path = report(args.out, volumes=args.volumes, ageing=args.ageing, evaluation=args.evaluation,
+                  covariates=args.covariates, structures=tuple(args.structures), planted=args.planted,
+                  title=args.title)
     print(f"report written to {path.resolve()}", file=sys.stderr)
     return 0

@@ -6,8 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from morphometry.segment.methods import METHODS
+from morphometry.segment.methods import DEFAULT_METHOD, METHODS
 from morphometry.segment.models import STARTER_BUNDLE as DEFAULT_BUNDLE
+
+# settings of the Segmenter and of segment_many -> the flags that set them
+FLAGS = {"models": "--models", "methods": "--method", "device": "--device", "threads": "--threads",
+         "workers": "--workers", "fp16": "--fp16", "parc": "--parc", "qc": "--qc", "full_cleanup": "--full-cleanup",
+         "resume": "--resume", "shard": "--shard"}
 
 
 def register(sub) -> None:
@@ -46,7 +51,7 @@ def register(sub) -> None:
     p.add_argument("--shard", default=None, metavar="K/N",
                    help="process only shard K of N (deterministic by scan_id), for array jobs; "
                         "combine shard folders with morpho merge")
-    p.set_defaults(func=run_segment)
+    p.set_defaults(func=run_segment, flags=FLAGS)
 
     m = sub.add_parser("merge", help="combine the outputs of several segment folders (shards) into one table",
                        description="Merge the journals of segment output folders into OUT/volumes.parquet, "
@@ -57,71 +62,27 @@ def register(sub) -> None:
 
 
 def run_segment(args: argparse.Namespace) -> int:
-    from datetime import datetime, timezone
+    from morphometry.progress import log
+    from morphometry.segment.segmenter import Segmenter
 
-    from morphometry.errors import InputError, ModelError
-    from morphometry.inputs import discover
-    from morphometry.segment import journal
-    from morphometry.segment.batch import (Outputs, SegmentBatch, Shard, merge_outputs, provenance, remove_partial_writes,
-                               write_provenance)
-    from morphometry.segment.bundle import load_bundle, verify_bundle
-    from morphometry.segment.methods import resolve_methods
-    from morphometry.segment.runtime import Engine, RuntimeConfig
-
-    started = datetime.now(timezone.utc)
-    methods = resolve_methods(args.method)
-    bundle_dir = args.models or DEFAULT_BUNDLE
-    if args.models is None and not (DEFAULT_BUNDLE / "bundle.json").is_file():
-        raise ModelError(f"no starter bundle in {DEFAULT_BUNDLE}; pass --models BUNDLE "
-                         "(e.g. one made by morpho models import-keras)")
-    bundle = load_bundle(bundle_dir)
-    roles = {r for m in methods for r in m.roles} | ({"parc"} if args.parc else set()) | ({"qc"} if args.qc else set())
-    problems = verify_bundle(bundle, tuple(roles & set(bundle.networks)))
-    if problems:
-        raise ModelError(f"{bundle.root}: bundle failed verification: {'; '.join(problems)}")
-    records = discover(args.inputs)
-    if args.shard:
-        shard = Shard.parse(args.shard)
-        records = [r for r in records if shard.holds(r.scan_id)]
-    out = args.out
-    done = journal.finished(out, [m.name for m in methods])
-    if journal.entries(out) and not args.resume:
-        raise InputError(f"{out} already holds results of an earlier batch; pass --resume to continue it "
-                         "or choose another output folder")
-    todo = [r for r in records if r.scan_id not in done]
-    remove_partial_writes(out)
-    engine = Engine(bundle, methods, RuntimeConfig(device=args.device, threads=args.threads, fp16=args.fp16),
-                    parc=args.parc, qc=args.qc)
-    outputs = Outputs(posteriors=args.posteriors, resampled=args.resampled, parc=args.parc, qc=args.qc,
-                      full_cleanup=args.full_cleanup)
-    batch = SegmentBatch(bundle, methods, engine, out, outputs, workers=args.workers)
-    print(f"segmenting {len(todo)} scan(s) with {', '.join(m.name for m in methods)} on {engine.device}"
-          + (f" ({len(records) - len(todo)} already done)" if len(todo) < len(records) else ""), file=sys.stderr)
-    with _progress(len(todo)) as bar:
-        result = batch.run(todo, bar)
-    result.skipped = len(records) - len(todo)
-    rows, failures = merge_outputs(out, metadata={"model_id": bundle.model_id})
-    write_provenance(out, provenance(bundle, engine, sys.argv[1:], result, started))
-    print(f"done: {result.succeeded} segmented, {result.failed} failed, {result.skipped} skipped; "
-          f"{rows} rows in {out / 'volumes.parquet'}"
-          + (f"; {failures} failure(s) listed in {out / 'failures.csv'}" if failures else ""), file=sys.stderr)
-    return 0 if failures == 0 else 1
-
-
-def _progress(total: int):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="scan", file=sys.stderr, disable=not sys.stderr.isatty(), dynamic_ncols=True)
+    segmenter = Segmenter(args.models or "starter", args.method or (DEFAULT_METHOD,), args.device, args.threads,
+                          fp16=args.fp16, parc=args.parc, qc=args.qc, full_cleanup=args.full_cleanup,
+                          workers=args.workers)
+    result = segmenter.segment_many(args.inputs, args.out, resume=args.resume, shard=args.shard,
+                                    progress=args.verbosity >= 0, posteriors=args.posteriors,
+                                    resampled=args.resampled, command=["morpho", *sys.argv[1:]])
+    failures = len(result.failures)
+    log.info(f"done: {result.succeeded} segmented, {result.failed} failed, {result.skipped} skipped; "
+             f"{len(result.volumes)} rows in {args.out / 'volumes.parquet'}"
+             + (f"; {failures} failure(s) listed in {args.out / 'failures.csv'}" if failures else ""))
+    return 0 if result.ok else 1
 
 
 def run_merge(args: argparse.Namespace) -> int:
-    from morphometry.errors import InputError
-    from morphometry.segment import journal
-    from morphometry.segment.batch import merge_outputs
+    from morphometry.progress import log
+    from morphometry.segment.segmenter import merge
 
-    for src in args.sources:
-        if not journal.entries(src):
-            raise InputError(f"{src}: no segment results found (no {journal.JOURNAL_DIR}/ entries)")
-    rows, failures = merge_outputs(args.out, args.sources)
-    print(f"merged {len(args.sources)} folder(s): {rows} rows, {failures} failure(s) -> {args.out}", file=sys.stderr)
+    merged = merge(args.sources, args.out)
+    log.info(f"merged {len(args.sources)} folder(s): {len(merged.volumes)} rows, {len(merged.failures)} failure(s) "
+             f"-> {args.out}")
     return 0

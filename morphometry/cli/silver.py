@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-from morphometry.errors import InputError
-
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -29,53 +24,21 @@ def register(subparsers) -> None:
                    help="fraction of the scan's voxels sampled by the metric per level (default: 0.25)")
     p.add_argument("--threads", type=int, default=0, help="SimpleITK threads (default: all cores)")
     p.add_argument("--seed", type=int, default=0, help="seed of the metric sampling (default: 0)")
-    p.set_defaults(func=run_silver)
+    p.set_defaults(func=run_silver, flags=FLAGS)
+
+
+FLAGS = {"sessions": "--sessions", "scans": "SCAN", "reference_image": "--reference-image",
+         "reference_labels": "--reference-labels", "init": "--init", "sampling": "--sampling",
+         "threads": "--threads", "seed": "--seed"}
 
 
 def run_silver(args) -> int:
-    import numpy as np
-    import pandas as pd
+    from morphometry.analysis.silver import silver
+    from morphometry.progress import log
 
-    from morphometry.analysis import silver
-    from morphometry.tables import atomic_write
-
-    sessions = _sessions(args)
-    config = silver.RegistrationConfig(init=args.init, sampling_fraction=args.sampling, threads=args.threads)
-    rng = np.random.default_rng(args.seed)
-    out = Path(args.output)
-    rows, failures = [], []
-    for session in sessions:
-        done, failed = silver.propagate_session(session, out, config, rng)
-        rows += done
-        failures += failed
-    if rows:
-        report = pd.DataFrame(rows)
-        atomic_write(out / "registration.csv", lambda tmp: report.to_csv(tmp, index=False))
-        manifest = report[["scan_id", "silver_path"]].rename(columns={"silver_path": "path"})
-        atomic_write(out / "silver.csv", lambda tmp: manifest.to_csv(tmp, index=False))
-    if failures:
-        table = pd.DataFrame(failures)
-        atomic_write(out / "failures.csv", lambda tmp: table.to_csv(tmp, index=False))
-        for row in failures:
-            print(f"failed: {row['scan_id']}: {row['error']}", file=sys.stderr)
-    print(f"propagated labels to {len(rows)} scan(s) of {len(sessions)} session(s) -> {out}", file=sys.stderr)
-    return 1 if failures else 0
-
-
-def _sessions(args) -> list:
-    from morphometry.analysis import silver
-    from morphometry.io import strip_image_suffix
-
-    if args.sessions:
-        if args.scans or args.reference_image or args.reference_labels:
-            raise InputError("give either --sessions CSV or SCAN... with --reference-image/--reference-labels")
-        return silver.read_sessions(args.sessions)
-    if not (args.scans and args.reference_image and args.reference_labels):
-        raise InputError("give --sessions CSV, or SCAN... with --reference-image and --reference-labels")
-    reference = Path(args.reference_image)
-    scans = tuple((strip_image_suffix(Path(s).name), Path(s)) for s in args.scans)
-    ids = [scan_id for scan_id, _ in scans]
-    if len(set(ids)) != len(ids):
-        raise InputError(f"two scans share the scan_id {next(i for i in ids if ids.count(i) > 1)}")
-    return [silver.Session("session", strip_image_suffix(reference.name), reference,
-                           Path(args.reference_labels), scans)]
+    result = silver(args.output, sessions=args.sessions, scans=args.scans, reference_image=args.reference_image,
+                    reference_labels=args.reference_labels, init=args.init, sampling=args.sampling,
+                    threads=args.threads, seed=args.seed)
+    log.info(f"propagated labels to {len(result.registrations)} scan(s) of {result.n_sessions} session(s) -> "
+             f"{args.output}")
+    return 0 if result.ok else 1

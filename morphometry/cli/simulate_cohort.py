@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+FLAGS = {"subjects": "--subjects", "sessions_per_subject": "--sessions-per-subject",
+         "max_protocols": "--max-protocols"}
 
 
 def register(sub) -> None:
@@ -29,23 +31,20 @@ def register(sub) -> None:
     p.add_argument("--downsample", type=int, default=1,
                    help="keep every N-th anatomy voxel for a quick, coarse cohort (default: 1 = full resolution)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical outputs (default: 0)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, flags=FLAGS)
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from morphometry.errors import InputError
     from morphometry.segment.synthesis.anatomy import anatomy_from_file, default_anatomy
     from morphometry.segment.synthesis.cohort import CohortConfig, simulate_cohort
 
     if args.downsample < 1:
-        raise InputError(f"--downsample must be at least 1 (got {args.downsample})")
+        raise InputError(f"--downsample: must be at least 1 (got {args.downsample})")
     config = CohortConfig(subjects=args.subjects, sessions_per_subject=args.sessions_per_subject,
                           max_protocols=args.max_protocols, seed=args.seed)
     anatomy = default_anatomy() if args.anatomy is None else anatomy_from_file(args.anatomy)
     anatomy = anatomy.downsampled(args.downsample)
-    with tqdm(desc="simulate-cohort", unit="scan", disable=not sys.stderr.isatty()) as bar:
-        manifest = simulate_cohort(args.out, anatomy, config, progress=lambda _: bar.update())
+    manifest = simulate_cohort(args.out, anatomy, config)
     print(f"{len(manifest)} scans of {args.subjects} subjects written to {args.out}")
     return 0

@@ -46,6 +46,7 @@ OPTIONS = {
                                  "replace the batch-norm running averages after the last step (default: 32)"),
 }
 RESUMABLE = {"steps", "workers"}  # the only settings a resumed run may change
+FLAGS = {field: flag for flag, (field, _, _) in OPTIONS.items()} | {"resume": "--resume"}
 
 
 def register(sub) -> None:
@@ -62,7 +63,7 @@ def register(sub) -> None:
                             "(settings come from RUN_DIR/config.json; --steps may extend the run)")
         for flag, (_, kind, text) in OPTIONS.items():
             q.add_argument(flag, type=kind, default=None, help=text)
-        q.set_defaults(func=run_train, role=role)
+        q.set_defaults(func=run_train, role=role, flags=FLAGS)
     e = tsub.add_parser("export", help="write a model bundle from trained runs (one per role)",
                         description="Convert the last checkpoint of each run to the project's ONNX graphs and "
                                     "write one bundle with the model card in bundle.json.")
@@ -98,7 +99,8 @@ def run_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from morphometry.errors import InputError
-    from morphometry.segment.training.train import TrainConfig, load_config, train
+    from morphometry.segment.training.runs import TrainConfig, load_config
+    from morphometry.segment.training.train import train
 
     given = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in OPTIONS.items()}
     given = {k: v for k, v in given.items() if v is not None}
@@ -115,7 +117,7 @@ def run_train(args: argparse.Namespace) -> int:
         if "label_maps" not in given:
             raise InputError("--label-maps is required (folder of training label maps)")
         config = TrainConfig(role=args.role, **given)
-    last = train(config, args.out, resume=args.resume, log=lambda m: print(m, flush=True))
+    last = train(config, args.out, resume=args.resume)
     print(f"last checkpoint: {last}")
     return 0
 

@@ -4,9 +4,9 @@ with clinical protocols.
 Per subject (independent random stream spawned from the seed): sex, a base anatomy (the anatomy
 scaled by a sex- and subject-dependent head size and deformed by a mild velocity field), baseline
 age ~ U(20, 90 - follow-up) and follow-up sessions 1-3 years apart. Per session: the base anatomy
-aged with :func:`morphometry.segment.synthesis.ageing.age_label_map` to the planted volumes, its 1 mm truth
-(SynthSeg 2.0 labels) written to ``truth/``, then 1..``max_protocols`` acquisitions written to
-``scans/``. Outputs: ``manifest.csv``, ``truth_volumes.parquet`` and ``.csv`` (VolumesTable schema,
+aged with :func:`morphometry.segment.synthesis.planted_ageing.age_label_map` to the planted volumes,
+its 1 mm truth (SynthSeg 2.0 labels) written to ``truth/``, then 1..``max_protocols`` acquisitions
+written to ``scans/``. Outputs: ``manifest.csv``, ``truth_volumes.parquet`` and ``.csv`` (VolumesTable schema,
 method "truth", one row per scan), ``subjects.csv`` (sex, head scale and base volumes in mm^3 of
 each subject), ``planted_ageing.json`` and ``planted_trajectories.csv`` (the planted population
 curve of every structure: structure, age_years, volume_mm3, on a half-year grid).
@@ -22,14 +22,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from morphometry.atomic import atomic_write
 from morphometry.errors import InputError
 from morphometry.labels import STRUCTURES, TOTAL_INTRACRANIAL
-from morphometry.tables import atomic_write, order_columns, table_metadata, write_parquet
-from morphometry.segment.synthesis.ageing import PlantedAgeing, age_label_map, structure_counts, target_counts, volumes_mm3
+from morphometry.progress import Progress
 from morphometry.segment.synthesis.anatomy import Anatomy, structure_targets
+from morphometry.segment.synthesis.planted_ageing import (
+    PlantedAgeingModel,
+    age_label_map,
+    structure_counts,
+    target_counts,
+    volumes_mm3,
+)
 from morphometry.segment.synthesis.priors import SpatialPriors, Uniform
 from morphometry.segment.synthesis.protocols import Protocol, ProtocolPriors, acquire, sample_protocol
 from morphometry.segment.synthesis.spatial import sample_deformation, source_coordinates, warp_labels
+from morphometry.tables import order_columns, table_metadata, write_parquet
 
 
 @dataclass(frozen=True)
@@ -43,20 +51,17 @@ class CohortConfig:
     min_age: float = 20.0
     max_age: float = 90.0
     follow_up_years: Uniform = Uniform(1.0, 3.0)
-    ageing: PlantedAgeing = field(default_factory=PlantedAgeing)
+    ageing: PlantedAgeingModel = field(default_factory=PlantedAgeingModel)
     protocols: ProtocolPriors = field(default_factory=ProtocolPriors)
 
     def __post_init__(self):
-        if self.subjects < 1:
-            raise InputError(f"--subjects must be at least 1 (got {self.subjects})")
-        if self.sessions_per_subject < 1:
-            raise InputError(f"--sessions-per-subject must be at least 1 (got {self.sessions_per_subject})")
-        if self.max_protocols < 1:
-            raise InputError(f"--max-protocols must be at least 1 (got {self.max_protocols})")
+        for name in ("subjects", "sessions_per_subject", "max_protocols"):
+            if getattr(self, name) < 1:
+                raise InputError(f"must be at least 1 (got {getattr(self, name)})", setting=name)
         span = (self.sessions_per_subject - 1) * self.follow_up_years.high
         if self.max_age - span < self.min_age:
             raise InputError(f"{self.sessions_per_subject} sessions do not fit between ages "
-                             f"{self.min_age:g} and {self.max_age:g}")
+                             f"{self.min_age:g} and {self.max_age:g}", setting="sessions_per_subject")
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,7 +75,7 @@ class Subject:
     jitter: np.ndarray  # tie-breaking of the boundary moves, in [0, 0.5)
 
 
-def make_subject(anatomy: Anatomy, model: PlantedAgeing, subject_id: str, rng: np.random.Generator) -> Subject:
+def make_subject(anatomy: Anatomy, model: PlantedAgeingModel, subject_id: str, rng: np.random.Generator) -> Subject:
     """Sex, head size and a mildly deformed copy of the anatomy."""
     sex = "F" if rng.uniform() < 0.5 else "M"
     scale = (model.female_head_scale if sex == "F" else 1.0) * rng.uniform(1 - model.head_scale_jitter,
@@ -111,46 +116,55 @@ def _session_ages(config: CohortConfig, rng: np.random.Generator) -> list[float]
     return [round(float(a), 2) for a in baseline + np.concatenate([[0.0], np.cumsum(gaps)])]
 
 
-def simulate_cohort(out_dir: str | Path, anatomy: Anatomy, config: CohortConfig = CohortConfig(),
-                    progress=None) -> pd.DataFrame:
-    """Simulate the cohort into ``out_dir`` and return the manifest."""
+def simulate_cohort(out_dir: str | Path, anatomy: Anatomy, config: CohortConfig = CohortConfig(), *,
+                    progress: bool = True) -> pd.DataFrame:
+    """Simulate the cohort into ``out_dir`` and return the manifest. Progress (subjects done, with
+    rate and time left) goes to the ``morphometry`` logger; ``progress=False`` silences it."""
     out = Path(out_dir)
     if (out / "manifest.csv").exists():
         raise InputError(f"{out}: already holds a simulated cohort (manifest.csv); choose an empty folder")
+    manifest, truth_rows, subject_rows = [], [], []
+    streams = np.random.SeedSequence(config.seed).spawn(config.subjects)
+    with Progress(config.subjects, "simulate-cohort", "subject", enabled=None if progress else False) as bar:
+        for i, stream in enumerate(streams):
+            subject_row = _simulate_subject(out, anatomy, config, f"sub-{i + 1:03d}", np.random.default_rng(stream),
+                                            manifest, truth_rows)
+            subject_rows.append(subject_row)
+            bar.update()
+    _write_outputs(out, config, anatomy, manifest, truth_rows, subject_rows)
+    return pd.DataFrame(manifest)
+
+
+def _simulate_subject(out: Path, anatomy: Anatomy, config: CohortConfig, subject_id: str, rng: np.random.Generator,
+                      manifest: list, truth_rows: list) -> dict:
+    """Write one subject's truth maps and scans, append their manifest and truth-volume rows, and
+    return the subject's row (sex, head scale, base volumes)."""
     voxel_mm = anatomy.voxel_size
     voxel_mm3 = voxel_mm ** 3
     model = config.ageing
-    manifest, truth_rows, subject_rows = [], [], []
-    streams = np.random.SeedSequence(config.seed).spawn(config.subjects)
-    for i, stream in enumerate(streams):
-        rng = np.random.default_rng(stream)
-        subject = make_subject(anatomy, model, f"sub-{i + 1:03d}", rng)
-        base_counts = structure_counts(subject.labels)
-        base_volumes = volumes_mm3(subject.labels, voxel_mm3)
-        subject_rows.append({"subject_id": subject.subject_id, "sex": subject.sex,
-                             "head_scale": round(subject.head_scale, 5), **base_volumes})
-        for k, age in enumerate(_session_ages(config, rng)):
-            session_id = f"ses-{k + 1:02d}"
-            aged = age_label_map(subject.labels, target_counts(model, base_counts, age, subject.sex), subject.jitter)
-            truth_path = f"truth/{subject.subject_id}_{session_id}.nii.gz"
-            _write_nifti(out / truth_path, structure_targets(aged), anatomy.affine,
-                         f"truth {subject.subject_id} {session_id} age={age:g}")
-            volumes = volumes_mm3(aged, voxel_mm3)
-            for run in range(int(rng.integers(1, config.max_protocols + 1))):
-                protocol = sample_protocol(rng, config.protocols, aged.shape, voxel_mm)
-                scan_id = f"{subject.subject_id}_{session_id}_run-{run + 1}_{protocol.contrast}"
-                data, affine = acquire(aged, anatomy.affine, protocol, rng)
-                path = f"scans/{scan_id}.nii.gz"
-                _write_nifti(out / path, data, affine, _description(protocol))
-                ids = {"path": path, "scan_id": scan_id, "subject_id": subject.subject_id, "session_id": session_id}
-                manifest.append({**ids, "age": age, "sex": subject.sex, **protocol.columns(),
-                                 "orientation": "".join(_axcodes(affine)), "truth_path": truth_path})
-                truth_rows.append({**ids, "method": "truth", "model_id": "planted",
-                                   **_acquisition_columns(data, affine), **volumes})
-                if progress is not None:
-                    progress(scan_id)
-    _write_outputs(out, config, anatomy, manifest, truth_rows, subject_rows)
-    return pd.DataFrame(manifest)
+    subject = make_subject(anatomy, model, subject_id, rng)
+    base_counts = structure_counts(subject.labels)
+    base_volumes = volumes_mm3(subject.labels, voxel_mm3)
+    for k, age in enumerate(_session_ages(config, rng)):
+        session_id = f"ses-{k + 1:02d}"
+        aged = age_label_map(subject.labels, target_counts(model, base_counts, age, subject.sex), subject.jitter)
+        truth_path = f"truth/{subject.subject_id}_{session_id}.nii.gz"
+        _write_nifti(out / truth_path, structure_targets(aged), anatomy.affine,
+                     f"truth {subject.subject_id} {session_id} age={age:g}")
+        volumes = volumes_mm3(aged, voxel_mm3)
+        for run in range(int(rng.integers(1, config.max_protocols + 1))):
+            protocol = sample_protocol(rng, config.protocols, aged.shape, voxel_mm)
+            scan_id = f"{subject.subject_id}_{session_id}_run-{run + 1}_{protocol.contrast}"
+            data, affine = acquire(aged, anatomy.affine, protocol, rng)
+            path = f"scans/{scan_id}.nii.gz"
+            _write_nifti(out / path, data, affine, _description(protocol))
+            ids = {"path": path, "scan_id": scan_id, "subject_id": subject.subject_id, "session_id": session_id}
+            manifest.append({**ids, "age": age, "sex": subject.sex, **protocol.columns(),
+                             "orientation": "".join(_axcodes(affine)), "truth_path": truth_path})
+            truth_rows.append({**ids, "method": "truth", "model_id": "planted",
+                               **_acquisition_columns(data, affine), **volumes})
+    return {"subject_id": subject.subject_id, "sex": subject.sex, "head_scale": round(subject.head_scale, 5),
+            **base_volumes}
 
 
 def _description(protocol: Protocol) -> str:

@@ -1,4 +1,4 @@
-"""The 54 generation labels of the training label maps (synthseg-facts.md 1.7).
+"""The 54 generation labels of the training label maps (``generation_labels.npy``, ``generation_classes.npy``).
 
 Each label has a generation class (labels of one class share a Gaussian), a SynthSeg 2.0 target
 label (FreeSurfer value among the 33 of ``morphometry.labels.SYNTHSEG_2``) and, through the target,

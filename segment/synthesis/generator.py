@@ -1,4 +1,4 @@
-"""The generative model of S1/S2 training pairs (paper Sec. 2.2, synthseg-facts.md 4.1-4.9).
+"""The generative model of S1/S2 training pairs (paper Sec. 2.2; ``SynthSeg/labels_to_image_model.py``).
 
 label map -> spatial deformation (affine + SVF diffeomorphism) -> crop -> flip -> GMM intensities
 per generation class -> log-domain bias field -> clip, [0, 1] normalisation, gamma -> blur (slice

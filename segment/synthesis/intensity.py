@@ -1,6 +1,7 @@
 """Intensities of the generative model: Gaussian mixture conditioned on the labels, log-domain
 bias field, clipping, min-max normalisation to [0, 1] and voxel-wise gamma
-(synthseg-facts.md 4.3, 4.5, 4.6). Intensities are on the [0, 255] scale until normalised."""
+(``ext/lab2im/layers.py``: ``SampleConditionalGMM``, ``BiasFieldCorruption``). Intensities are on
+the [0, 255] scale until normalised."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 (D's training pairs), as frozen dataclasses.
 
 Defaults of :class:`GeneratorPriors` are the values of the original training code (tutorial 7 /
-function defaults, synthseg-facts.md 4.2-4.9), including its quirks: scaling U(0.8, 1.2), no
+function defaults of ``SynthSeg/brain_generator.py``), including its quirks: scaling U(0.8, 1.2), no
 translation, velocity std up to 4 voxels, bias std up to 0.7, log-normal gamma, no added noise. Defaults of :class:`DegradationPriors` are the paper's
 wider degradation column of Table S1 read literally (variances sampled uniformly where the table
 prints a variance), plus the code's contrast inversion.
@@ -101,7 +101,7 @@ class BiasPriors:
 
 @dataclass(frozen=True)
 class ResolutionPriors:
-    """Acquisition sampler (slice spacing and thickness in mm) of synthseg-facts.md 4.7.
+    """Acquisition sampler (slice spacing and thickness in mm) of the original (``SampleResolution``).
 
     With ``p_iso`` every axis gets its own spacing ~ ``iso_spacing`` (the original's non-isotropic
     "isotropic" branch); otherwise one random axis gets ``aniso_spacing``, the others 1 mm. With
@@ -122,9 +122,9 @@ class ResolutionPriors:
 
 @dataclass(frozen=True)
 class TissueMapPriors:
-    """S2's imperfect tissue maps (synthseg-facts.md 4.9): a second mild deformation applied with
-    ``p_deform``, then each group channel dilated/eroded by a radius-1 cross with ``p_dilate`` /
-    ``p_erode``."""
+    """S2's imperfect tissue maps (the original's ``SynthSeg/training_group.py``): a second mild
+    deformation applied with ``p_deform``, then each group channel dilated/eroded by a radius-1
+    cross with ``p_dilate`` / ``p_erode``."""
 
     spatial: SpatialPriors = SpatialPriors(
         rotation_deg=Uniform(-3.0, 3.0), scaling=Uniform(0.95, 1.05), shearing=Uniform(-0.007, 0.007),

@@ -1,4 +1,4 @@
-"""Partial-volume / low-resolution simulation (synthseg-facts.md 4.7, paper Eq. 2):
+"""Partial-volume / low-resolution simulation (``ext/lab2im/layers.py``: ``MimicAcquisition``; paper Eq. 2):
 blur with a Gaussian per axis (slice thickness), sample the slices (slice spacing), add noise at
 low resolution, and resample back to the 1 mm grid with linear interpolation.
 

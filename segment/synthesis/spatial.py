@@ -1,5 +1,6 @@
 """Random spatial deformation: affine (rotation, scaling, shearing, translation) composed with a
-diffeomorphism integrated from a smooth stationary velocity field (synthseg-facts.md 4.4).
+diffeomorphism integrated from a smooth stationary velocity field (``ext/lab2im/layers.py``:
+``RandomSpatialDeformation``).
 
 Pull-back convention: with c = (n - 1) / 2 per axis and u the dense displacement at output voxel
 x, the source position is ``M (x - c + u(x)) + c + t`` (voxels = mm for 1 mm maps), M = S Shear R.

@@ -108,7 +108,8 @@ def coarsening_factor(resolution_mm: float) -> int:
     """The integer voxel stride of a working resolution (1, 2, 3 ... mm)."""
     factor = int(round(resolution_mm))
     if factor < 1 or abs(factor - resolution_mm) > 1e-6:
-        raise InputError(f"--resolution {resolution_mm:g}: training needs a whole number of mm (1, 2, 3 ...)")
+        raise InputError(f"{resolution_mm:g}: training needs a whole number of mm (1, 2, 3 ...)",
+                         setting="resolution_mm")
     return factor
 
 
@@ -178,9 +179,9 @@ class DataConfig:
 
     def __post_init__(self):
         if self.role not in ROLES:
-            raise InputError(f"unknown role {self.role!r} (choose from {', '.join(ROLES)})")
+            raise InputError(f"unknown role {self.role!r} (choose from {', '.join(ROLES)})", setting="role")
         if self.d_inputs not in D_INPUTS:
-            raise InputError(f"--d-inputs {self.d_inputs!r}: choose {' or '.join(D_INPUTS)}")
+            raise InputError(f"{self.d_inputs!r}: choose {' or '.join(D_INPUTS)}", setting="d_inputs")
 
 
 class ExampleSource:

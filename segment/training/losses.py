@@ -1,4 +1,4 @@
-"""Training losses of the original (synthseg-facts.md 4.12).
+"""Training losses of the original (``SynthSeg/metrics_model.py``: ``DiceLoss``, ``WeightedL2Loss``).
 
 Soft Dice: y and p renormalised over channels, Dice_c = (2 sum y p + 1e-7) / (sum y^2 + sum p^2 +
 1e-7) over the voxels of one example, loss = mean over channels *including background* and over

@@ -1,10 +1,11 @@
 """The training loop: Adam on soft Dice (optional wl2 warm-up), checkpoints, resume, validation.
 
-A run folder holds ``config.json`` (the :class:`TrainConfig`), ``checkpoints/step_NNNNNNN.pt``
+A run folder (:mod:`morphometry.segment.training.runs`) holds ``config.json`` (the
+:class:`~morphometry.segment.training.runs.TrainConfig`), ``checkpoints/step_NNNNNNN.pt``
 (model, optimiser, AMP scaler, step, torch RNG state, wall time so far) and ``log.csv`` (one row
 per step: loss; every ``validate_every`` steps the mean Dice over the foreground labels of fixed
 synthetic examples drawn from the held-out label maps). Because batch ``s`` is a pure function
-of (seed, s) (:mod:`morphometry.segment.training.data`), ``--resume`` continues from the last checkpoint with
+of (seed, s) (:mod:`morphometry.segment.training.data`), resuming continues from the last checkpoint with
 exactly the data the uninterrupted run would have seen. On a CUDA device the forward pass runs
 under float16 autocast with a gradient scaler; on the CPU in float32. Weights and batches use the
 channels-last-3d memory format (about 20 % faster per step on the CPU at 64^3, docs/benchmarks.md).
@@ -13,123 +14,37 @@ channels-last-3d memory format (about 20 % faster per step on the CPU at 64^3, d
 from __future__ import annotations
 
 import csv
-import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
 
+from morphometry.atomic import atomic_write
 from morphometry.errors import InputError, ModelError
+from morphometry.progress import Progress, log
 from morphometry.segment.bundle import load_bundle, verify_bundle
 from morphometry.segment.networks import UNetSpec, Weights, read_weights
-from morphometry.segment.training.data import (
-    D_INPUTS,
-    ROLES,
-    DataConfig,
-    ExampleSource,
-    batches,
-    load_maps,
-    role_channels,
-    split_label_maps,
-)
+from morphometry.segment.training.data import DataConfig, ExampleSource, batches, load_maps, split_label_maps
 from morphometry.segment.training.losses import hard_dice, soft_dice_loss, wl2_loss
+from morphometry.segment.training.runs import (
+    TrainConfig,
+    checkpoints,
+    inference_stage,
+    latest_checkpoint,
+    load_config,
+    save_config,
+)
 from morphometry.segment.training.unet_torch import UNet, load_keras_weights
 
-D_VARIANTS = ("paper", "official")
 VALIDATION_STREAM = 2**31  # seed-sequence entry of the validation examples (steps stay below it)
 RECALIBRATION_STREAM = 2**31 + 1  # and of the batch-norm recalibration examples
 KEEP_CHECKPOINTS = 3
 LOG_FIELDS = ("step", "loss", "val_dice", "elapsed_s")
 MEMORY_FORMAT = torch.channels_last_3d
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """One training run. Sizes in voxels of the working grid, ``resolution_mm`` in mm."""
-
-    role: str
-    label_maps: str
-    steps: int = 1000
-    crop: int = 48
-    width: int = 8
-    levels: int = 4
-    resolution_mm: float = 2.0
-    seed: int = 0
-    lr: float = 1e-4
-    batch_size: int = 1
-    checkpoint_every: int = 50
-    validate_every: int = 100
-    validation_examples: int = 4
-    held_out: int = 3
-    brain_margin_mm: float = 20.0  # crops are drawn in the brain's bounding box plus this margin
-    workers: int = 1
-    wl2_steps: int = 0
-    bn_momentum: float = 0.01
-    d_variant: str = "paper"
-    d_skips_removed: int = 2  # D / D_all decoder steps without a skip at the finest levels (paper: 2 at 1 mm;
-    # more than the levels - 1 skips removes them all)
-    previous: str | None = None  # run folder of the network D / D_all corrects (S1 / SynthSeg)
-    d_inputs: str = "degraded"  # D / D_all learn from the previous network on degraded | generator images
-    init: str | None = None  # run folder or model bundle whose weights start this run (fine-tuning)
-    recalibration_examples: int = 32  # examples whose batch statistics become BN's running ones at the end
-
-    def __post_init__(self):
-        if self.role not in ROLES:
-            raise InputError(f"unknown role {self.role!r} (choose from {', '.join(ROLES)})")
-        if self.d_inputs not in D_INPUTS:
-            raise InputError(f"--d-inputs {self.d_inputs!r}: choose {' or '.join(D_INPUTS)}")
-        if self.d_variant not in D_VARIANTS:
-            raise InputError(f"--d-variant {self.d_variant!r}: choose {' or '.join(D_VARIANTS)}")
-        if self.steps < 1 or self.batch_size < 1 or self.width < 1 or self.levels < 2:
-            raise InputError("--steps, --batch-size and --width must be >= 1 and --levels >= 2")
-        if self.d_skips_removed < 0:
-            raise InputError(f"--d-skips-removed {self.d_skips_removed}: must be >= 0")
-        if self.crop % 2 ** (self.levels - 1):
-            raise InputError(f"--crop {self.crop} must be a multiple of {2 ** (self.levels - 1)} "
-                             f"(2^(levels-1) for {self.levels} levels)")
-
-    def spec(self) -> UNetSpec:
-        """The network: S1/S2/SynthSeg U-Nets with ``width`` features doubling per level; D and
-        D_all the paper's light denoiser (one conv per level, constant width, no skips at the top
-        two levels by default) or the official release's (5^3 kernels, two convs, doubling widths).
-        The paper's two missing skips at 1 mm leave D no detail finer than 4 mm; at a 2 mm working
-        grid one missing skip keeps that scale."""
-        c_in, c_out = role_channels(self.role)
-        spec = UNetSpec(c_in, c_out, features=self.width, levels=self.levels)
-        if self.role in ("d", "d_all"):
-            if self.d_variant == "paper":
-                return replace(spec, convs_per_level=1, multiplier=1, skips_removed=self.d_skips_removed)
-            return replace(spec, kernel=5, skips_removed=self.d_skips_removed)
-        return spec
-
-
-def save_config(config: TrainConfig, run_dir: Path) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=1))
-
-
-def load_config(run_dir: str | Path) -> TrainConfig:
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise InputError(f"{run_dir}: not a training run (no config.json)")
-    try:
-        return TrainConfig(**json.loads(path.read_text()))
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{path}: malformed training configuration ({exc})") from None
-
-
-def checkpoints(run_dir: str | Path) -> list[Path]:
-    return sorted((Path(run_dir) / "checkpoints").glob("step_*.pt"))
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    found = checkpoints(run_dir)
-    return found[-1] if found else None
 
 
 def _cpu_name() -> str:
@@ -202,37 +117,40 @@ def _initial_weights(config: TrainConfig, model: UNet, device: torch.device) -> 
         return
     ckpt = latest_checkpoint(config.init)
     if ckpt is None:
-        raise InputError(f"--init {config.init}: no checkpoint in {Path(config.init) / 'checkpoints'}")
+        raise _init_error(config, f"no checkpoint in {Path(config.init) / 'checkpoints'}")
     source = load_config(config.init)
     if source.spec() != config.spec():
-        raise InputError(f"--init {config.init}: its network ({source.role}, width {source.width}, "
-                         f"{source.levels} levels) differs from this run's")
+        raise _init_error(config, f"its network ({source.role}, width {source.width}, {source.levels} levels) "
+                          "differs from this run's")
     model.load_state_dict(torch.load(ckpt, map_location=device, weights_only=False)["model"])
+
+
+def _init_error(config: TrainConfig, message: str) -> InputError:
+    return InputError(f"{config.init}: {message}", setting="init")
 
 
 def _bundle_weights(config: TrainConfig) -> Weights:
     """The weights of the network of this run's role in the bundle ``config.init``."""
-    where = f"--init {config.init}"
     try:
         bundle = load_bundle(config.init)
     except ModelError as exc:
-        raise InputError(f"{where}: {exc}") from None
+        raise _init_error(config, str(exc)) from None
     net = bundle.networks.get(config.role)
     if net is None:
-        raise InputError(f"{where}: the bundle has no {config.role} network (it has {', '.join(bundle.networks)})")
+        raise _init_error(config, f"the bundle has no {config.role} network (it has {', '.join(bundle.networks)})")
     problems = verify_bundle(bundle, (config.role,))
     if problems:
-        raise InputError(f"{where}: {'; '.join(problems)}")
+        raise _init_error(config, "; ".join(problems))
     if bundle.resolution_mm != config.resolution_mm:
-        raise InputError(f"{where}: the bundle works at {bundle.resolution_mm:g} mm, this run at "
-                         f"{config.resolution_mm:g} mm")
+        raise _init_error(config, f"the bundle works at {bundle.resolution_mm:g} mm, this run at "
+                          f"{config.resolution_mm:g} mm")
     try:
         spec = UNetSpec(**net.architecture)
         if spec != config.spec():
-            raise InputError(f"{where}: its {config.role} network ({spec}) differs from this run's ({config.spec()})")
+            raise _init_error(config, f"its {config.role} network ({spec}) differs from this run's ({config.spec()})")
         return read_weights(onnx.load(str(bundle.path(config.role))), spec)
     except (TypeError, ValueError) as exc:
-        raise InputError(f"{where}: cannot read its {config.role} weights ({exc})") from None
+        raise _init_error(config, f"cannot read its {config.role} weights ({exc})") from None
 
 
 def _truncate_log(path: Path, last_step: int) -> None:
@@ -251,9 +169,7 @@ def _save_checkpoint(run_dir: Path, state: dict) -> Path:
     folder = run_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step_{state['step']:07d}.pt"
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
     for old in checkpoints(run_dir)[:-KEEP_CHECKPOINTS]:
         old.unlink()
     return path
@@ -268,22 +184,22 @@ def previous_stage(config: TrainConfig) -> bytes | None:
     if config.role not in ("d", "d_all"):
         return None
     if not config.previous:
-        raise InputError(f"train {config.role.replace('_', '-')} needs --previous RUN_DIR "
-                         f"({'an S1' if config.role == 'd' else 'a SynthSeg'} training run)")
-    from morphometry.segment.training.export import inference_stage
-
+        raise InputError(f"training {config.role} needs the run folder of "
+                         f"{'an S1' if config.role == 'd' else 'a SynthSeg'} training run", setting="previous")
     wanted = "s1" if config.role == "d" else "synthseg"
     return inference_stage(config.previous, wanted).SerializeToString()
 
 
-def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, log=print) -> Path:
-    """Train (or continue) a run; return the last checkpoint."""
+def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, *, progress: bool = True) -> Path:
+    """Train (or continue, ``resume=True``) a run; return the last checkpoint. Progress (steps,
+    with rate and time left) and the validation Dice go to the ``morphometry`` logger;
+    ``progress=False`` silences the progress line."""
     run_dir = Path(run_dir)
     ckpt_path = latest_checkpoint(run_dir)
     if resume and ckpt_path is None:
-        raise InputError(f"{run_dir}: --resume needs a checkpoint in {run_dir / 'checkpoints'}")
+        raise InputError(f"{run_dir}: resuming needs a checkpoint in {run_dir / 'checkpoints'}", setting="resume")
     if not resume and ckpt_path is not None:
-        raise InputError(f"{run_dir}: already holds checkpoints; pass --resume to continue it or choose a new folder")
+        raise InputError(f"{run_dir}: already holds checkpoints; resume it or choose a new folder", setting="resume")
     save_config(config, run_dir)
     device = choose_device()
     torch.manual_seed(config.seed)
@@ -298,10 +214,10 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, log=pr
         scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
         start, elapsed = state["step"] + 1, state["elapsed_s"]
-        log(f"resuming {run_dir} at step {start}")
+        log.info(f"resuming {run_dir} at step {start}")
     elif config.init:
         _initial_weights(config, model, device)
-        log(f"starting from the weights of {config.init}")
+        log.info(f"starting from the weights of {config.init}")
     log_path = run_dir / "log.csv"
     _truncate_log(log_path, start - 1)
     if start > config.steps:
@@ -317,7 +233,8 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, log=pr
 
     new_log = not log_path.is_file()
     last = ckpt_path
-    with open(log_path, "a", newline="") as fh:
+    bar = Progress(config.steps - start + 1, f"train {config.role}", "step", enabled=None if progress else False)
+    with bar, open(log_path, "a", newline="") as fh:
         writer = csv.DictWriter(fh, LOG_FIELDS)
         if new_log:
             writer.writeheader()
@@ -342,7 +259,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, log=pr
             row = {"step": step, "loss": f"{loss_value:.5f}", "val_dice": "", "elapsed_s": f"{elapsed:.1f}"}
             if step % config.validate_every == 0 or step == config.steps:
                 row["val_dice"] = f"{validate(model, val_examples, device):.4f}"
-                log(f"step {step}: loss {loss_value:.4f}, validation Dice {row['val_dice']}")
+                log.info(f"step {step}: loss {loss_value:.4f}, validation Dice {row['val_dice']}")
             writer.writerow(row)
             fh.flush()
             if step % config.checkpoint_every == 0 or step == config.steps:
@@ -351,5 +268,6 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, log=pr
                     "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(), "elapsed_s": elapsed,
                     "hardware": hardware(device), "train_maps": [p.name for p in train_paths],
                     "held_out_maps": [p.name for p in val_paths]})
+            bar.update()
             tick = time.perf_counter()
     return last  # type: ignore[return-value]

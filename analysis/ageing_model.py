@@ -13,28 +13,38 @@ For scan i of structure volume y_i (mm^3, or a fraction of total intracranial vo
   medians of the fitted table); ``male`` is 1 for male and 0 for female, centred at 1/2, so
   ``sum_k beta_k B_k(age)`` is the trajectory at the reference spacing, averaged over sexes.
 - Soft monotonicity: ``lambda * sum_k max(0, -d (beta_{k+1} - beta_k))`` in units of the volume
-  SD (see :mod:`morphometry.analysis.splines`), ``d`` from the structure's direction; ``auto`` takes the sign
-  of the Spearman correlation of volume with age.
+  SD (see :mod:`morphometry.analysis.splines`), ``d`` from the structure's direction; ``auto``
+  takes the sign of the Spearman correlation of volume with age.
 - Fit by L-BFGS-B from the least-squares solution. Standard errors are cluster-robust by subject
-  (sandwich, small-sample factor G/(G-1) (n-1)/(n-k)), computed on the design with the increments
-  that the penalty set to exactly zero held fixed; intervals use Student t with G-1 degrees of
-  freedom. Trajectory bands come from :meth:`AgeingFit.bootstrap`, which resamples subjects.
+  (statsmodels, small-sample factor G/(G-1) (n-1)/(n-k)), computed on the active design: the
+  increments that the penalty set to exactly zero held fixed; intervals use Student t with G-1
+  degrees of freedom (:mod:`morphometry.analysis.ageing_inference`). Trajectory bands come from
+  :meth:`AgeingFit.bootstrap`, which resamples subjects (:mod:`morphometry.analysis.ageing_bootstrap`).
+- ``random_intercept``: ``e_i = u_subject + eps_i`` instead. The variance components come from a
+  statsmodels MixedLM (REML) fit; the coefficients are the penalised generalised least-squares
+  fit with those components; the standard errors are MixedLM's on the active design; the
+  bootstrap refits generalised least squares with the components fixed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
 import pandas as pd
-from scipy import sparse, stats
+from scipy import stats
 from threadpoolctl import threadpool_limits
 
-from morphometry.analysis.splines import (DIRECTIONS, PenaltySettings, SplineBasis, least_squares,
-                              solve_patterns, solve_penalised, wrong_sign_increments)
+from morphometry.analysis.ageing_bootstrap import AgeingBootstrap, resample
+from morphometry.analysis.ageing_inference import (VarianceComponents, cluster_covariance, fit_random_intercept,
+                                                   gls_transform)
+from morphometry.analysis.ageing_metrics import age_grid, change_metrics
+from morphometry.analysis.ageing_outputs import write_ageing_outputs
+from morphometry.analysis.splines import DIRECTIONS, PenaltySettings, SplineBasis, active_map, solve_penalised
 from morphometry.errors import DataError, InputError
 from morphometry.labels import BILATERAL_STRUCTURES, STRUCTURES, TOTAL_INTRACRANIAL, bilateral_name
+from morphometry.progress import Progress
 
 SPACING_COLUMNS = ("spacing_x_mm", "spacing_y_mm", "spacing_z_mm")
 UNITS = {"mm3": "mm^3", "fraction_tiv": "fraction of TIV"}
@@ -42,7 +52,6 @@ AGE_RANGE_YEARS = (0.0, 120.0)
 SEX_CODES = {"m": 1, "male": 1, "1": 1, "f": 0, "female": 0, "0": 0}
 """Accepted sex values (case-insensitive): M/male/1 -> male, F/female/0 -> female."""
 
-CHANGE_AGES_YEARS = (30, 50, 70)
 SUMMED_STRUCTURES = tuple(dict.fromkeys(bilateral_name(s) for s in STRUCTURES))
 """Left+right sums (``hippocampus``) and midline structures, as the paper plots them."""
 
@@ -60,6 +69,8 @@ class AgeingSpec:
     ``directions``: per-structure overrides of ``direction`` as (structure, direction) pairs.
     ``penalty``: lambda (dimensionless). ``reference_spacing_mm``: one value per spacing term,
     None = medians. ``outlier_sd``: outliers have |residual| above this many robust SDs.
+    ``random_intercept``: a random intercept per subject (MixedLM) instead of cluster-robust
+    standard errors.
     """
 
     structures: tuple[str, ...] = ("summed",)
@@ -76,25 +87,28 @@ class AgeingSpec:
     outlier_sd: float = 3.0
     age_column: str = "age"
     sex_column: str = "sex"
+    random_intercept: bool = False
 
     def __post_init__(self):
         if self.units not in UNITS:
-            raise InputError(f"units must be one of {', '.join(UNITS)}, not {self.units!r}")
-        for name, value in (("direction", self.direction), *self.directions):
+            raise InputError(f"must be one of {', '.join(UNITS)}, not {self.units!r}", setting="units")
+        for name, value in (("all structures", self.direction), *self.directions):
             if value not in (*DIRECTIONS, "auto"):
-                raise InputError(f"direction for {name}: {value!r} is not one of "
-                                 "decreasing, increasing, none, auto")
+                raise InputError(f"{value!r} for {name} is not one of decreasing, increasing, none, auto",
+                                 setting="direction")
         if not (np.isfinite(self.penalty) and self.penalty >= 0):
-            raise InputError(f"penalty (lambda) must be a finite number >= 0, not {self.penalty}")
+            raise InputError(f"lambda must be a finite number >= 0, not {self.penalty}", setting="penalty")
         if self.n_knots < 2:
-            raise InputError(f"n_knots must be at least 2, not {self.n_knots}")
+            raise InputError(f"must be at least 2, not {self.n_knots}", setting="n_knots")
         bad = [t for t in self.spacing_terms if t not in SPACING_COLUMNS]
         if bad:
-            raise InputError(f"unknown spacing terms {bad}; choose from {', '.join(SPACING_COLUMNS)}")
+            raise InputError(f"unknown spacing terms {bad}; choose from {', '.join(SPACING_COLUMNS)}",
+                             setting="spacing_terms")
         if self.reference_spacing_mm is not None and len(self.reference_spacing_mm) != len(self.spacing_terms):
-            raise InputError(f"reference_spacing_mm needs {len(self.spacing_terms)} values, one per spacing term")
+            raise InputError(f"needs {len(self.spacing_terms)} values, one per spacing term",
+                             setting="reference_spacing_mm")
         if self.outlier_sd <= 0:
-            raise InputError(f"outlier_sd must be positive, not {self.outlier_sd}")
+            raise InputError(f"must be positive, not {self.outlier_sd}", setting="outlier_sd")
 
     @property
     def units_label(self) -> str:
@@ -116,20 +130,27 @@ def resolve_structures(names, units: str) -> tuple[str, ...]:
             out.append(name)
         else:
             raise InputError(f"unknown structure {name!r}: use a table column (left_hippocampus), a "
-                             "left+right sum (hippocampus), total_intracranial, 'summed' or 'lateral'")
+                             "left+right sum (hippocampus), total_intracranial, 'summed' or 'lateral'",
+                             setting="structures")
     out = list(dict.fromkeys(out))
     if units == "fraction_tiv" and TOTAL_INTRACRANIAL in out:
         if any(n == TOTAL_INTRACRANIAL for n in names):
-            raise InputError("total_intracranial cannot be fitted as a fraction of itself")
+            raise InputError("total_intracranial cannot be fitted as a fraction of itself", setting="structures")
         out.remove(TOTAL_INTRACRANIAL)
     if not out:
-        raise InputError("no structures to fit")
+        raise InputError("no structures to fit", setting="structures")
     return tuple(out)
 
 
 def structure_columns(structure: str) -> tuple[str, ...]:
     """Table columns summed to make ``structure``."""
     return BILATERAL_STRUCTURES.get(structure, (structure,))
+
+
+def volume_columns(spec: AgeingSpec) -> tuple[str, ...]:
+    """Every volume column the fit of ``spec`` reads (structure parts, and TIV for fractions)."""
+    cols = [c for s in resolve_structures(spec.structures, spec.units) for c in structure_columns(s)]
+    return tuple(dict.fromkeys(cols + ([TOTAL_INTRACRANIAL] if spec.units == "fraction_tiv" else [])))
 
 
 def parse_sex(values: pd.Series, source: str, column: str) -> np.ndarray:
@@ -181,7 +202,7 @@ class StructureFit:
     structure: str
     direction: str  # resolved: increasing | decreasing | none
     coef: np.ndarray
-    cov: np.ndarray  # cluster-robust covariance of coef
+    cov: np.ndarray  # covariance of coef: cluster-robust, or MixedLM's with a random intercept
     n_scans: int
     n_subjects: int
     ssr: float
@@ -192,10 +213,22 @@ class StructureFit:
     converged: bool
     n_iter: int  # L-BFGS-B iterations
     pattern: np.ndarray  # spline increments: +1 right sign, 0 held at zero, -1 wrong sign
+    variance: VarianceComponents | None = None  # with a random intercept
+
+    def rows(self, data: MethodData, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows used, design, volumes) on which this fit is least squares: the scans with a
+        volume, quasi-demeaned per subject with a random intercept."""
+        rows = np.isfinite(data.volumes[:, j])
+        x, y = data.design[rows], data.volumes[rows, j]
+        if self.variance is not None:
+            x, y = gls_transform(x, y, data.subject_index[rows], self.variance)
+        return rows, x, y
 
 
 class AgeingModel:
-    """Estimator: ``AgeingModel(spec).fit(table)``; ``table`` is a VolumesTable joined with covariates."""
+    """Estimator: ``AgeingModel(spec).fit(table)``; ``table`` is a VolumesTable joined with
+    covariates (``scan_id``, ``subject_id``, ``method``, age, sex, spacing and volume columns;
+    :func:`morphometry.analysis.ageing_api.fit_ageing` accepts less)."""
 
     def __init__(self, spec: AgeingSpec | None = None):
         self.spec = spec or AgeingSpec()
@@ -226,7 +259,10 @@ class AgeingModel:
         methods = tuple(dict.fromkeys(df["method"]))
         data, fits = {}, {}
         method_col = df["method"].to_numpy()
-        with threadpool_limits(1, user_api="blas"):  # many tiny problems: threads only cost
+        # Many tiny problems: BLAS threads only cost. MixedLM fits take seconds each: report them.
+        with (threadpool_limits(1, user_api="blas"),
+              Progress(len(methods) * len(structures), "random-intercept fits", unit="fit",
+                       enabled=None if spec.random_intercept else False) as bar):
             for method in methods:
                 rows = method_col == method
                 design = np.column_stack([basis.evaluate(age[rows]), covars[rows]])
@@ -234,38 +270,43 @@ class AgeingModel:
                                           subjects[subject_index[rows]], subject_index[rows], age[rows],
                                           male[rows] if spec.sex_term else np.full(rows.sum(), np.nan),
                                           design, volumes[rows])
-                sums = _subject_sums(subject_index[rows])
                 for j, structure in enumerate(structures):
-                    fits[(method, structure)] = _fit_one(data[method], j, structure, basis, terms, spec,
-                                                         source, sums)
+                    fits[(method, structure)] = _fit_one(data[method], j, structure, basis, terms, spec, source)
+                    bar.update()
         return AgeingFit(spec, basis, structures, methods, terms, tuple(reference), subjects, data, fits)
 
     def _select(self, table: pd.DataFrame, structures, source: str) -> pd.DataFrame:
         spec = self.spec
-        needed = ["scan_id", "subject_id", "method", spec.age_column, *spec.spacing_terms]
-        needed += [spec.sex_column] if spec.sex_term else []
-        needed += [c for s in structures for c in structure_columns(s)]
-        needed += [TOTAL_INTRACRANIAL] if spec.units == "fraction_tiv" else []
-        missing = [c for c in dict.fromkeys(needed) if c not in table.columns]
-        if missing:
-            raise InputError(f"{source}: missing columns: {', '.join(missing)}")
+        needed = (
+            ("structures", [c for s in structures for c in structure_columns(s)]),
+            ("units", [TOTAL_INTRACRANIAL] if spec.units == "fraction_tiv" else []),
+            (None, ["scan_id", "subject_id", "method"]),
+            ("age_column", [spec.age_column]),
+            ("sex_column", [spec.sex_column] if spec.sex_term else []),
+            ("spacing_terms", list(spec.spacing_terms)),
+        )
+        for setting, columns in needed:
+            missing = [c for c in dict.fromkeys(columns) if c not in table.columns]
+            if missing:
+                raise InputError(f"{source}: missing columns: {', '.join(missing)}", setting=setting)
         df = table
         if spec.where:
             try:
                 df = df.query(spec.where, engine="python")
             except Exception as exc:  # pandas raises many types for a bad expression
-                raise InputError(f"--where {spec.where!r}: cannot evaluate on {source} "
-                                 f"({type(exc).__name__}: {exc})") from None
+                raise InputError(f"{spec.where!r}: cannot evaluate on {source} "
+                                 f"({type(exc).__name__}: {exc})", setting="where") from None
         present = list(dict.fromkeys(table["method"].astype(str)))
         if spec.methods is not None:
             absent = [m for m in spec.methods if m not in present]
             if absent:
                 raise InputError(f"{source}: method(s) {', '.join(absent)} not in the table "
-                                 f"(present: {', '.join(present)})")
+                                 f"(present: {', '.join(present)})", setting="methods")
             df = df[df["method"].isin(spec.methods)]
         if df.empty:
-            after = f" after --where {spec.where!r}" if spec.where else ""
-            raise DataError(f"{source}: no scans left to fit{after}")
+            if spec.where:
+                raise DataError(f"{source}: no scans left to fit after selecting {spec.where!r}", setting="where")
+            raise DataError(f"{source}: no scans to fit")
         return df.reset_index(drop=True)
 
 
@@ -309,103 +350,59 @@ def _rank_problem(data: MethodData, rows: np.ndarray, basis: SplineBasis, terms)
     return "the covariates are collinear with age"
 
 
-def _subject_sums(subject_index: np.ndarray) -> sparse.csr_matrix:
-    """Sparse (subjects x scans) matrix that sums scan rows per subject."""
-    _, local = np.unique(subject_index, return_inverse=True)
-    n = subject_index.size
-    return sparse.csr_matrix((np.ones(n), (local, np.arange(n))), shape=(local.max() + 1, n))
-
-
 def _fit_one(data: MethodData, j: int, structure: str, basis: SplineBasis, terms, spec: AgeingSpec,
-             source: str, sums: sparse.csr_matrix) -> StructureFit:
+             source: str) -> StructureFit:
     rows = np.isfinite(data.volumes[:, j])
-    x, y = data.design[rows], data.volumes[rows, j]
-    if not rows.all():
-        sums = sums[:, rows]
-        sums = sums[sums.getnnz(axis=1) > 0]
-    p, n_subjects = x.shape[1], sums.shape[0]
+    x, y, groups = data.design[rows], data.volumes[rows, j], data.subject_index[rows]
+    p, n_subjects = x.shape[1], np.unique(groups).size
     where = f"{source}: {data.method} / {structure}"
     if n_subjects <= p:
         raise DataError(f"{where}: too few subjects ({n_subjects}) for {p} parameters "
                         f"({basis.n_basis} spline basis functions from {basis.n_knots} knots + "
                         f"{p - basis.n_basis} covariates)")
-    gram, xty = x.T @ x, x.T @ y
-    if np.linalg.matrix_rank(gram) < p:
+    if np.linalg.matrix_rank(x.T @ x) < p:
         raise DataError(f"{where}: the design matrix is rank deficient: {_rank_problem(data, rows, basis, terms)}")
     scale = float(np.std(y))
     if scale == 0:
         raise DataError(f"{where}: all volumes are equal ({y[0]:g})")
     direction = _resolve_direction(spec, structure, stats.rankdata(data.age[rows]), y)
     settings = PenaltySettings(basis.n_basis, DIRECTIONS[direction], spec.penalty)
-    sol = solve_penalised(gram, xty, len(y), scale, settings)
+    mixed = None
+    if spec.random_intercept:
+        if n_subjects == len(y):
+            raise DataError(f"{where}: every subject has one scan; a random intercept needs repeated "
+                            "scans of some subjects", setting="random_intercept")
+        mixed = fit_random_intercept(x, y, groups)
+        xs, ys = gls_transform(x, y, groups, mixed.variance)
+    else:
+        xs, ys = x, y
+    sol = solve_penalised(xs.T @ xs, xs.T @ ys, len(y), scale, settings)
     penalised = sol.n_iter > 0
-    resid = y - x @ sol.coef
     fixed = sol.pattern == 0 if penalised else np.zeros(basis.n_basis - 1, dtype=bool)
-    cov, k = _cluster_covariance(x, resid, sums, fixed)
+    a = active_map(p, settings, fixed)
+    converged = sol.converged
+    if mixed is None:
+        cov = a @ cluster_covariance(x @ a, y, groups) @ a.T
+    else:
+        on_active = fit_random_intercept(x @ a, y, groups) if fixed.any() else mixed
+        cov = a @ on_active.cov @ a.T
+        converged = converged and mixed.converged and on_active.converged
+    resid = y - x @ sol.coef
     return StructureFit(data.method, structure, direction, sol.coef, cov, len(y), n_subjects,
-                        float(resid @ resid), float(((y - y.mean()) ** 2).sum()), len(y) - k, scale,
-                        penalised, sol.converged, sol.n_iter, sol.pattern)
-
-
-def _cluster_covariance(x, resid, sums: sparse.csr_matrix, fixed: np.ndarray):
-    """Cluster-robust (by subject; ``sums`` adds scans per subject) covariance of the coefficients,
-    with the spline increments flagged in ``fixed`` (held at zero by the penalty) kept fixed.
-
-    Returns (covariance p x p, number of free parameters).
-    """
-    p, k = x.shape[1], fixed.size + 1
-    cum = np.tril(np.ones((k, k - 1)), -1)[:, ~fixed]
-    basis_map = np.zeros((p, 1 + cum.shape[1] + p - k))
-    basis_map[:k, 0] = 1.0
-    basis_map[:k, 1 : 1 + cum.shape[1]] = cum
-    basis_map[k:, 1 + cum.shape[1]:] = np.eye(p - k)
-    xr = x @ basis_map
-    n, kf = xr.shape
-    n_groups = sums.shape[0]
-    scores = sums @ (xr * resid[:, None])
-    bread = np.linalg.inv(xr.T @ xr)
-    factor = n_groups / (n_groups - 1) * (n - 1) / (n - kf)
-    cov_r = factor * bread @ (scores.T @ scores) @ bread
-    return basis_map @ cov_r @ basis_map.T, kf
-
-
-def age_grid(basis: SplineBasis) -> np.ndarray:
-    """Whole years inside the fitted age range (1-year spacing)."""
-    grid = np.arange(np.ceil(basis.age_min), np.floor(basis.age_max) + 1.0)
-    return grid if grid.size >= 2 else np.array([basis.age_min, basis.age_max])
-
-
-def decades(basis: SplineBasis) -> list[int]:
-    """Starts of the whole decades (years) inside the fitted age range."""
-    start = int(np.ceil(basis.age_min / 10.0) * 10)
-    return [a for a in range(start, int(basis.age_max) + 1, 10) if a + 10 <= basis.age_max]
-
-
-def change_metrics(basis: SplineBasis, spline_coef: np.ndarray) -> dict:
-    """Peak age, annual % change at 30/50/70 years and mean annual % change per decade.
-
-    ``spline_coef`` may be a stack (..., n_basis); values are NaN outside the fitted range.
-    Annual % change at age a: 100 f'(a) / f(a). Per decade [a, a+10): 100 (f(a+10) - f(a)) / (10 f(a)).
-    """
-    fine = np.linspace(basis.age_min, basis.age_max, 1001)
-    curve = spline_coef @ basis.evaluate(fine).T
-    out = {"peak_age_years": fine[np.argmax(curve, axis=-1)]}
-    for a in CHANGE_AGES_YEARS:
-        if basis.age_min <= a <= basis.age_max:
-            f = spline_coef @ basis.evaluate([a])[0]
-            out[f"annual_pct_change_at_{a}"] = 100.0 * (spline_coef @ basis.derivative([a])[0]) / f
-        else:
-            out[f"annual_pct_change_at_{a}"] = np.full(curve.shape[:-1], np.nan)
-    for a in decades(basis):
-        ends = spline_coef @ basis.evaluate([a, a + 10]).T
-        f0, f1 = ends[..., 0], ends[..., 1]
-        out[f"annual_pct_change_{a}_{a + 10}"] = 100.0 * (f1 - f0) / (10.0 * f0)
-    return out
+                        float(resid @ resid), float(((y - y.mean()) ** 2).sum()), len(y) - a.shape[1], scale,
+                        penalised, converged, sol.n_iter, sol.pattern,
+                        mixed.variance if mixed is not None else None)
 
 
 @dataclass(frozen=True)
 class AgeingFit:
-    """Fitted ageing model for every (method, structure); tables via the methods below."""
+    """Fitted ageing model for every (method, structure); tables via the methods below.
+
+    ``bootstrap_result``: an :class:`AgeingBootstrap` attached by :meth:`with_bootstrap` (or
+    ``fit_ageing(..., bootstrap=N)``); when present, :meth:`coefficients`, :meth:`summary` and
+    :meth:`trajectories` include its intervals and bands, as the files of :meth:`write` do.
+    ``inputs``: where the tables came from (recorded in ``ageing.json``).
+    """
 
     spec: AgeingSpec
     basis: SplineBasis
@@ -416,6 +413,8 @@ class AgeingFit:
     subjects: np.ndarray
     data: dict = field(repr=False)
     fits: dict = field(repr=False)
+    bootstrap_result: AgeingBootstrap | None = field(default=None, repr=False)
+    inputs: dict = field(default_factory=dict)
 
     @property
     def n_spline(self) -> int:
@@ -439,16 +438,20 @@ class AgeingFit:
         if method is None:
             return "synthseg+" if "synthseg+" in self.methods else self.methods[0]
         if method not in self.methods:
-            raise InputError(f"reference method {method!r} was not fitted (fitted: {', '.join(self.methods)})")
+            raise InputError(f"{method!r} was not fitted (fitted: {', '.join(self.methods)})",
+                             setting="reference_method")
         return method
 
     def trajectories(self, reference_method: str | None = None, bands=None) -> pd.DataFrame:
         """Trajectories on the 1-year grid and their differences to ``reference_method``.
 
         Columns: quantity (trajectory | difference), method, reference_method, structure,
-        age_years, estimate, lower, upper (NaN without a bootstrap), units.
-        ``bands(method, structure, ages, reference or None) -> (lower, upper)`` fills the bands.
+        age_years, estimate, lower, upper (bootstrap bands; NaN without a bootstrap), units.
+        ``bands(method, structure, ages, reference or None) -> (lower, upper)`` fills the bands
+        (default: those of the attached bootstrap).
         """
+        if bands is None and self.bootstrap_result is not None:
+            bands = self.bootstrap_result.bands
         ages, ref = self.age_grid(), self.reference_method(reference_method)
         nan = np.full(ages.size, np.nan)
         frames = []
@@ -468,9 +471,11 @@ class AgeingFit:
                              "lower": lo, "upper": hi, "units": self.spec.units_label})
 
     def predict(self, table: pd.DataFrame) -> pd.DataFrame:
-        """Predicted volumes (fit units) for rows of ``table`` (method, age, sex, spacing columns)."""
+        """Predicted volumes (fit units) for rows of ``table`` (age, sex, spacing columns, and
+        ``method`` unless one method was fitted)."""
         spec = self.spec
-        age = parse_age(table[spec.age_column], "predict", spec.age_column, table["scan_id"])
+        ids = table["scan_id"] if "scan_id" in table.columns else table.index.to_series()
+        age = parse_age(table[spec.age_column], "predict", spec.age_column, ids)
         lo, hi = self.basis.age_min, self.basis.age_max
         if age.min() < lo or age.max() > hi:
             raise DataError(f"predict: ages must lie in the fitted range {lo:g}-{hi:g} years")
@@ -478,11 +483,17 @@ class AgeingFit:
         if spec.sex_term:
             covars = np.column_stack([covars, parse_sex(table[spec.sex_column], "predict", spec.sex_column) - 0.5])
         x = np.column_stack([self.basis.evaluate(age), covars])
+        if "method" in table.columns:
+            method = table["method"].to_numpy()
+        elif len(self.methods) == 1:
+            method = np.full(len(table), self.methods[0], dtype=object)
+        else:
+            raise InputError(f"predict: the table needs a method column (fitted: {', '.join(self.methods)})")
         out = pd.DataFrame(np.nan, index=table.index, columns=list(self.structures))
-        for method in self.methods:
-            rows = (table["method"] == method).to_numpy()
+        for m in self.methods:
+            rows = method == m
             for s in self.structures:
-                out.loc[rows, s] = x[rows] @ self.fits[(method, s)].coef
+                out.loc[rows, s] = x[rows] @ self.fits[(m, s)].coef
         return out
 
     def residuals(self) -> pd.DataFrame:
@@ -515,7 +526,8 @@ class AgeingFit:
         return res[res["outlier"]].drop(columns="outlier").reset_index(drop=True)
 
     def coefficients(self) -> pd.DataFrame:
-        """Estimates with cluster-robust standard errors and 95% t intervals (G-1 df)."""
+        """Estimates with standard errors (cluster-robust, or MixedLM's with a random intercept)
+        and 95% t intervals (G-1 df); bootstrap SE and percentile interval when bootstrapped."""
         rows = []
         for (method, s), f in self.fits.items():
             se = np.sqrt(np.maximum(np.diag(f.cov), 0.0))
@@ -525,6 +537,9 @@ class AgeingFit:
                              "std_error": e, "ci_low": est - t * e, "ci_high": est + t * e})
         out = pd.DataFrame(rows)
         out.insert(3, "units", self._term_units(out["term"]))
+        if self.bootstrap_result is not None:
+            out = out.merge(self.bootstrap_result.coefficient_intervals(), on=["method", "structure", "term"],
+                            how="left")
         return out
 
     def _term_units(self, terms: pd.Series) -> list[str]:
@@ -532,7 +547,8 @@ class AgeingFit:
         return [f"{u} per mm" if t.startswith("spacing") else u for t in terms]
 
     def summary(self) -> pd.DataFrame:
-        """One row per (method, structure): fit statistics, change metrics and outlier counts."""
+        """One row per (method, structure): fit statistics, change metrics, outlier counts, the
+        number of bootstrap replicates and (when bootstrapped) intervals of the change metrics."""
         res = self.residuals()
         n_out = res.groupby(["method", "structure"], sort=False)["outlier"].sum()
         rows = []
@@ -542,171 +558,41 @@ class AgeingFit:
                    "n_subjects": f.n_subjects, "residual_sd": np.sqrt(f.ssr / f.df_resid),
                    "r2": 1.0 - f.ssr / f.sst if f.sst > 0 else np.nan,
                    "penalty_active": f.penalised, "converged": f.converged}
+            if f.variance is not None:
+                row["subject_sd"] = np.sqrt(max(f.variance.subject_var, 0.0))
+                row["scan_sd"] = np.sqrt(f.variance.scan_var)
             row.update({k: float(v) for k, v in change_metrics(self.basis, f.coef[: self.n_spline]).items()})
             row["n_outliers"] = int(n_out[(method, s)])
             row["outlier_fraction"] = row["n_outliers"] / f.n_scans
             rows.append(row)
-        return pd.DataFrame(rows)
+        out = pd.DataFrame(rows)
+        boot = self.bootstrap_result
+        out["n_bootstrap"] = boot.n_replicates if boot is not None else 0
+        if boot is not None:
+            out = out.merge(boot.change_intervals(), on=["method", "structure"], how="left")
+        return out
 
-    def bootstrap(self, n_replicates: int, rng: np.random.Generator) -> "AgeingBootstrap":
-        """Refit on ``n_replicates`` resamples of subjects (with replacement, all of a subject's
-        scans together, the same resample for every method so differences are paired)."""
-        return _resample(self, n_replicates, rng)
+    def bootstrap(self, n_replicates: int, rng: np.random.Generator | int = 0, *,
+                  progress: bool = True) -> AgeingBootstrap:
+        """Refit on ``n_replicates`` resamples of subjects (:mod:`morphometry.analysis.ageing_bootstrap`).
 
+        ``rng``: a Generator or a seed (recorded). ``progress``: report replicates through
+        :class:`morphometry.progress.Progress` (when the ``morphometry`` logger shows information).
+        """
+        if n_replicates < 2:
+            raise InputError(f"the bootstrap needs at least 2 replicates, not {n_replicates}",
+                             setting="n_replicates")
+        seed = int(rng) if isinstance(rng, (int, np.integer)) else None
+        return resample(replace(self, bootstrap_result=None), n_replicates, np.random.default_rng(rng),
+                        seed=seed, progress=progress)
 
-@dataclass(frozen=True)
-class AgeingBootstrap:
-    """Bootstrap replicates of every (method, structure) fit: coefficient stacks (B x p)."""
+    def with_bootstrap(self, n_replicates: int, seed: int = 0, *, progress: bool = True) -> AgeingFit:
+        """This fit with a bootstrap of ``n_replicates`` (seeded by ``seed``) attached."""
+        return replace(self, bootstrap_result=self.bootstrap(n_replicates, seed, progress=progress))
 
-    fit: AgeingFit
-    n_replicates: int
-    coefs: dict = field(repr=False)
-    n_not_converged: int = 0
-    level: float = 0.95
-
-    def _quantiles(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        alpha = (1.0 - self.level) / 2.0
-        return np.nanquantile(values, alpha, axis=0), np.nanquantile(values, 1.0 - alpha, axis=0)
-
-    def replicate_trajectories(self, method: str, structure: str, ages=None) -> np.ndarray:
-        """Trajectories of every replicate, shape (B, len(ages))."""
-        ages = self.fit.age_grid() if ages is None else np.asarray(ages, dtype=float)
-        return self.coefs[(method, structure)][:, : self.fit.n_spline] @ self.fit.basis.evaluate(ages).T
-
-    def trajectories(self, reference_method: str | None = None) -> pd.DataFrame:
-        """:meth:`AgeingFit.trajectories` with pointwise percentile bands (``level``)."""
-        return self.fit.trajectories(reference_method, bands=self._bands)
-
-    def _bands(self, method: str, structure: str, ages: np.ndarray, reference: str | None):
-        reps = self.replicate_trajectories(method, structure, ages)
-        if reference is not None:
-            reps = reps - self.replicate_trajectories(reference, structure, ages)
-        return self._quantiles(reps)
-
-    def coefficient_intervals(self) -> pd.DataFrame:
-        """Bootstrap SE and percentile interval of every coefficient."""
-        rows = []
-        for (m, s), c in self.coefs.items():
-            lo, hi = self._quantiles(c)
-            for term, se, a, b in zip(self.fit.terms, np.nanstd(c, axis=0, ddof=1), lo, hi):
-                rows.append({"method": m, "structure": s, "term": term, "bootstrap_se": se,
-                             "bootstrap_ci_low": a, "bootstrap_ci_high": b})
-        return pd.DataFrame(rows)
-
-    def change_intervals(self) -> pd.DataFrame:
-        """Percentile intervals of the change metrics (peak age, annual % change) per fit."""
-        rows = []
-        for (m, s), c in self.coefs.items():
-            row = {"method": m, "structure": s}
-            for name, values in change_metrics(self.fit.basis, c[:, : self.fit.n_spline]).items():
-                lo, hi = self._quantiles(values)
-                row[f"{name}_ci_low"], row[f"{name}_ci_high"] = float(lo), float(hi)
-            rows.append(row)
-        return pd.DataFrame(rows)
-
-
-def subject_counts(n_subjects: int, n_replicates: int, rng: np.random.Generator) -> np.ndarray:
-    """How often each subject is drawn in each replicate (B x S), drawing S subjects with replacement."""
-    draws = rng.integers(0, n_subjects, size=(n_replicates, n_subjects))
-    flat = (draws + n_subjects * np.arange(n_replicates)[:, None]).ravel()
-    return np.bincount(flat, minlength=n_replicates * n_subjects).reshape(n_replicates, n_subjects).astype(float)
-
-
-def _resample(fit: AgeingFit, n_replicates: int, rng: np.random.Generator) -> AgeingBootstrap:
-    """Vectorised bootstrap: per-subject sums of x x' and x y, combined by the subject counts of
-    each replicate into X'WX and X'Wy; least squares for all replicates at once; where that breaks
-    the monotonicity, the active-set solve warm-started from the full-data pattern, and L-BFGS-B
-    (started from the full-data fit) for the few replicates it does not settle."""
-    if n_replicates < 2:
-        raise InputError(f"the bootstrap needs at least 2 replicates, not {n_replicates}")
-    n_sub = len(fit.subjects)
-    counts = subject_counts(n_sub, n_replicates, rng)
-    coefs, not_converged = {}, 0
-    for method in fit.methods:
-        d = fit.data[method]
-        n, p = d.design.shape
-        agg = sparse.csr_matrix((np.ones(n), (d.subject_index, np.arange(n))), shape=(n_sub, n))
-        mask = np.isfinite(d.volumes)
-        y = np.where(mask, d.volumes, 0.0)
-        xx = (d.design[:, :, None] * d.design[:, None, :]).reshape(n, p * p)
-        xty = (counts @ (agg @ (d.design[:, :, None] * y[:, None, :]).reshape(n, -1))).reshape(n_replicates, p, -1)
-        n_obs = counts @ (agg @ mask.astype(float))
-        patterns, which = np.unique(mask, axis=1, return_inverse=True)
-        grams = [(counts @ (agg @ (xx * pat[:, None]))).reshape(n_replicates, p, p) for pat in patterns.T]
-        with threadpool_limits(1, user_api="blas"):
-            for j, s in enumerate(fit.structures):
-                f = fit.fits[(method, s)]
-                gram = grams[int(which.ravel()[j])]
-                # A resample may leave a knot interval empty; a tiny ridge keeps it solvable.
-                ridge = 1e-12 * np.trace(gram, axis1=1, axis2=2)[:, None, None] / p * np.eye(p)
-                coef = least_squares(gram + ridge, xty[:, :, j])
-                settings = PenaltySettings(fit.n_spline, DIRECTIONS[f.direction], fit.spec.penalty)
-                if settings.direction and settings.weight > 0:
-                    todo = np.flatnonzero(wrong_sign_increments(coef, settings).any(axis=1))
-                    g, r = gram[todo] + ridge[todo], xty[todo, :, j]
-                    solved_coef, solved, _ = solve_patterns(g, r, n_obs[todo, j], f.scale, settings, f.pattern)
-                    coef[todo[solved]] = solved_coef[solved]
-                    for i in np.flatnonzero(~solved):
-                        sol = solve_penalised(g[i], r[i], n_obs[todo[i], j], f.scale, settings,
-                                              unpenalised=coef[todo[i]], start=f.coef)
-                        coef[todo[i]] = sol.coef
-                        not_converged += not sol.converged
-                coefs[(method, s)] = coef
-    return AgeingBootstrap(fit, n_replicates, coefs, not_converged)
-
-
-@dataclass(frozen=True)
-class PlantedAgeing:
-    """Known truth for synthetic tables (tests, benchmarks): every structure follows
-
-    y = base (1 - drop (0.3 t + 0.7 t^2)) + gamma . (s - 1 mm) + delta (male - 1/2) + u_subject + e,
-
-    t = (age - age_min) / (age_max - age_min), a strictly decreasing curve; u_subject ~ N(0,
-    subject_sd^2) shared by a subject's scans, e ~ N(0, noise_sd^2) per scan and method.
-    Volumes in mm^3, ages in years, spacings in mm (one thick-slice axis per scan).
-    """
-
-    n_subjects: int = 200
-    max_scans_per_subject: int = 3
-    age_min: float = 20.0
-    age_max: float = 90.0
-    base: float = 4000.0
-    drop: float = 0.3
-    gamma: tuple[float, float, float] = (-40.0, 25.0, -60.0)
-    delta: float = 250.0
-    subject_sd: float = 100.0
-    noise_sd: float = 150.0
-    structures: tuple[str, ...] = ("left_hippocampus",)
-    methods: tuple[str, ...] = ("synthseg+",)
-
-    def truth(self, ages) -> np.ndarray:
-        """Planted trajectory (mm^3) at 1 mm spacing, sexes averaged."""
-        t = (np.asarray(ages, dtype=float) - self.age_min) / (self.age_max - self.age_min)
-        return self.base * (1.0 - self.drop * (0.3 * t + 0.7 * t**2))
-
-
-def simulate_ageing_table(planted: PlantedAgeing, rng: np.random.Generator) -> pd.DataFrame:
-    """A joined volumes + covariates table (age, sex) drawn from ``planted``."""
-    n_scans = rng.integers(1, planted.max_scans_per_subject + 1, size=planted.n_subjects)
-    subject = np.repeat(np.arange(planted.n_subjects), n_scans)
-    n = subject.size
-    start = rng.uniform(planted.age_min, planted.age_max, planted.n_subjects)
-    age = np.clip(start[subject] + rng.uniform(0.0, 3.0, n) * (np.arange(n) != np.searchsorted(subject, subject)),
-                  planted.age_min, planted.age_max)
-    male = rng.integers(0, 2, planted.n_subjects)[subject]
-    spacing = rng.uniform(0.8, 1.3, (n, 3))
-    thick = rng.integers(0, 3, n)
-    spacing[np.arange(n), thick] = rng.uniform(1.0, 8.0, n)
-    mean = (planted.truth(age) + (spacing - 1.0) @ np.asarray(planted.gamma)
-            + planted.delta * (male - 0.5) + rng.normal(0.0, planted.subject_sd, planted.n_subjects)[subject])
-    base = pd.DataFrame({
-        "scan_id": [f"scan{i:06d}" for i in range(n)], "subject_id": [f"sub{s:05d}" for s in subject],
-        "session_id": "ses1", "spacing_x_mm": spacing[:, 0], "spacing_y_mm": spacing[:, 1],
-        "spacing_z_mm": spacing[:, 2], "slice_spacing_mm": spacing.max(axis=1),
-        "slice_axis": np.array(["sagittal", "coronal", "axial"])[thick], "age": age,
-        "sex": np.where(male == 1, "M", "F")})
-    frames = []
-    for method in planted.methods:
-        vols = {s: mean + rng.normal(0.0, planted.noise_sd, n) for s in planted.structures}
-        frames.append(base.assign(method=method, **vols))
-    return pd.concat(frames, ignore_index=True)
+    def write(self, out_dir, *, reference_method: str | None = None) -> dict:
+        """Write the tables of ``morpho fit-ageing`` (coefficients.csv, trajectories.parquet,
+        summary.csv, outliers.csv, adjusted_volumes.parquet, ageing.json) into ``out_dir``;
+        returns {file name: DataFrame or dict} as written. The figures are drawn by
+        :func:`morphometry.reports.ageing_figures.write_ageing_figures` from these tables."""
+        return write_ageing_outputs(self, out_dir, reference_method=self.reference_method(reference_method))

@@ -67,7 +67,7 @@ _SINKS = (
 
 
 @dataclass(frozen=True)
-class PlantedAgeing:
+class PlantedAgeingModel:
     """The planted age model (see the module docstring); ages in years."""
 
     reference_age: float = 20.0
@@ -140,7 +140,7 @@ def volumes_mm3(labels: np.ndarray, voxel_mm3: float) -> dict[str, float]:
     return vols
 
 
-def target_counts(model: PlantedAgeing, base_counts: Mapping[int, int], age: float, sex: str) -> dict[int, int]:
+def target_counts(model: PlantedAgeingModel, base_counts: Mapping[int, int], age: float, sex: str) -> dict[int, int]:
     """Planted voxel count of every structure label except CSF and background."""
     names = {lab.value: lab.name for lab in SYNTHSEG_2.labels}
     return {v: int(round(n * np.exp(model.log_factor(names[v], age, sex))))

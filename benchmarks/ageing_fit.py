@@ -1,11 +1,12 @@
 """Benchmark of ``AgeingModel``: full fit and subject bootstrap on a synthetic cohort.
 
 Cohort: 10,000 scans (about 2 scans per subject), 33 structures (total_intracranial + the 32
-table columns), 5 methods, drawn from :class:`morphometry.analysis.ageing.PlantedAgeing`. Goals on 2 cores:
-the full fit (33 x 5 = 165 fits, no bootstrap) under 10 s; 1,000 bootstrap replicates of one
-structure under 10 s. Prints medians over ``--repeats`` runs.
+table columns), 5 methods, drawn from
+:class:`morphometry.analysis.ageing_simulation.SimulatedAgeingData`. Goals on 2 cores: the full
+fit (33 x 5 = 165 fits, no bootstrap) under 10 s; 1,000 bootstrap replicates of one structure
+under 10 s. Prints medians over ``--repeats`` runs.
 
-    .venv/bin/python benchmarks/ageing.py [--scans 10000] [--replicates 1000] [--repeats 3]
+    .venv/bin/python benchmarks/ageing_fit.py [--scans 10000] [--replicates 1000] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import time
 
 import numpy as np
 
-from morphometry.analysis.ageing import AgeingModel, AgeingSpec, PlantedAgeing, simulate_ageing_table
+from morphometry.analysis.ageing_model import AgeingModel, AgeingSpec
+from morphometry.analysis.ageing_simulation import SimulatedAgeingData, simulate_ageing_table
 from morphometry.labels import STRUCTURES, TOTAL_INTRACRANIAL
 
 METHODS = ("synthseg+", "s1+s2", "synthseg", "synthseg+d", "s1+s2+d")
@@ -43,7 +45,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    planted = PlantedAgeing(n_subjects=args.scans // 2, structures=(TOTAL_INTRACRANIAL, *STRUCTURES),
+    planted = SimulatedAgeingData(n_subjects=args.scans // 2, structures=(TOTAL_INTRACRANIAL, *STRUCTURES),
                             methods=METHODS)
     table = simulate_ageing_table(planted, np.random.default_rng(args.seed))
     n_scans = int((table["method"] == METHODS[0]).sum())

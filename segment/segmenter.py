@@ -1,0 +1,335 @@
+"""The Python API of segmentation: :class:`Segmenter` and :func:`merge`.
+
+A Segmenter loads and verifies a model bundle and starts its networks once, then segments one scan
+in memory (:meth:`Segmenter.segment`, from a file or a nibabel image) or many into an output folder
+(:meth:`Segmenter.segment_many`, what ``morpho segment`` runs)::
+
+    seg = Segmenter(methods=("synthseg+", "synthseg")).segment("t1.nii.gz")
+    seg["synthseg+"].volumes["left_hippocampus"]  # mm^3
+    Segmenter().segment_many("scans/", "out/").volumes  # one row per scan and method
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from morphometry.errors import InputError, ModelError
+from morphometry.inputs import discover
+from morphometry.io import LoadLimits, Scan, check_image, load_scan
+from morphometry.progress import Progress, log
+from morphometry.tables import order_columns
+from morphometry.segment import journal
+from morphometry.segment.batch import (Outputs, SegmentBatch, SegmentOptions, Shard, finish_method, merge_outputs,
+                                       network_outputs, prepare, provenance, record_identity, remove_partial_writes,
+                                       write_provenance)
+from morphometry.segment.bundle import Bundle, load_bundle, require, verify_bundle
+from morphometry.segment.methods import DEFAULT_METHOD, Method, resolve_methods
+from morphometry.segment.models import STARTER_BUNDLE
+from morphometry.segment.preprocess import PreprocessConfig
+from morphometry.segment.runtime import DEVICES, Engine, RuntimeConfig
+
+IN_MEMORY_ID = "image"  # scan_id of a nibabel image without a file name, unless one is given
+
+
+@dataclass(frozen=True, eq=False)
+class MethodResult:
+    """One method's segmentation of one scan, as ``morpho segment`` writes it."""
+
+    method: str
+    labels: nib.Nifti1Image  # int32 FreeSurfer labels on the output grid, in the scan's voxel order (seg/)
+    posteriors: nib.Nifti1Image | None  # float32 (x, y, z, 33), channels of labels.SYNTHSEG_2, when asked for
+    volumes: pd.Series  # the volumes.parquet row: identity, acquisition, volumes in mm^3, parcels, qc_*
+
+
+@dataclass(frozen=True, eq=False)
+class Segmentation:
+    """The results of every configured method for one scan: ``seg["synthseg"]``; with one method,
+    ``seg.labels``, ``seg.posteriors`` and ``seg.volumes`` directly."""
+
+    scan_id: str
+    results: dict[str, MethodResult]  # by method name
+    warnings: tuple[str, ...] = ()  # recoverable oddities of the input (4-D series, NaN voxels, ...)
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return tuple(self.results)
+
+    def __getitem__(self, method: str) -> MethodResult:
+        if method not in self.results:
+            raise KeyError(f"no method {method!r} in this segmentation (it has {', '.join(self.results)})")
+        return self.results[method]
+
+    def _only(self) -> MethodResult:
+        if len(self.results) != 1:
+            raise InputError(f"this segmentation holds {len(self.results)} methods ({', '.join(self.results)}); "
+                             f"choose one, e.g. seg[{next(iter(self.results))!r}]")
+        return next(iter(self.results.values()))
+
+    @property
+    def labels(self) -> nib.Nifti1Image:
+        return self._only().labels
+
+    @property
+    def posteriors(self) -> nib.Nifti1Image | None:
+        return self._only().posteriors
+
+    @property
+    def volumes(self) -> pd.Series:
+        return self._only().volumes
+
+    def volumes_table(self) -> pd.DataFrame:
+        """One row per method (sorted by name), the columns of volumes.parquet."""
+        rows = [self.results[name].volumes.to_dict() for name in sorted(self.results)]
+        return order_columns(pd.DataFrame(rows))
+
+
+@dataclass(frozen=True, eq=False)
+class BatchResult:
+    """What a :meth:`Segmenter.segment_many` run did, and the tables of its folder afterwards."""
+
+    total: int  # scans segmented in this run (after sharding, those finished earlier not counted)
+    succeeded: int
+    failed: int
+    skipped: int  # scans finished by an earlier run into the same folder
+    timings: dict  # seconds per stage, summed over scans
+    out_dir: Path
+    volumes: pd.DataFrame  # volumes.parquet read back: every finished scan of the folder x method
+    failures: pd.DataFrame  # failures.csv read back: scan_id, path, stage, error
+
+    @property
+    def ok(self) -> bool:
+        """True when no scan of the folder failed (``morpho segment`` exits with 0)."""
+        return self.failures.empty
+
+
+@dataclass(frozen=True, eq=False)
+class MergeResult:
+    """The tables :func:`merge` wrote, read back."""
+
+    out_dir: Path
+    volumes: pd.DataFrame
+    failures: pd.DataFrame
+
+
+class Segmenter:
+    """Segments scans with one model bundle and one or more methods.
+
+    ``models``: ``"starter"`` (the bundle shipped with the package), a bundle folder or a
+    :class:`~morphometry.segment.bundle.Bundle`. ``methods``: names of
+    :data:`morphometry.segment.methods.METHODS` (or one name). ``device``: ``auto`` (CUDA when
+    usable), ``cpu`` or ``cuda``; ``threads``: CPU threads of the networks (0: all cores);
+    ``fp16``: float16 networks (CUDA only); ``parc``: cortical parcellation and parcel volumes
+    (needs a ``parc`` network); ``qc``: ``qc_*`` scores (needs a ``qc`` network); ``full_cleanup``:
+    the topology clean-up of SynthSeg 2.0 for every method; ``workers``: threads that load,
+    preprocess, postprocess and write around inference in :meth:`segment_many`.
+
+    The bundle is loaded and verified and the networks are started here, once; errors name the
+    setting at fault.
+    """
+
+    def __init__(self, models: str | os.PathLike | Bundle = "starter", methods: str | Iterable[str] = (DEFAULT_METHOD,),
+                 device: str = "auto", threads: int = 0, *, fp16: bool = False, parc: bool = False, qc: bool = False,
+                 full_cleanup: bool = False, workers: int = 2):
+        if device not in DEVICES:
+            raise InputError(f"{device!r}: choose {', '.join(DEVICES)}", setting="device")
+        self.runtime = RuntimeConfig(device=device, threads=_whole(threads, "threads", 0), fp16=bool(fp16))
+        self.workers = _whole(workers, "workers", 1)
+        self.options = SegmentOptions(parc=bool(parc), qc=bool(qc), full_cleanup=bool(full_cleanup))
+        self.methods: tuple[Method, ...] = _methods(methods)
+        self.bundle = _bundle(models)
+        self._verify()
+        self.engine = Engine(self.bundle, list(self.methods), self.runtime, parc=self.options.parc, qc=self.options.qc)
+        self.limits = LoadLimits()
+        self._pre_config = PreprocessConfig(resolution_mm=self.bundle.resolution_mm, min_size=self.bundle.min_size)
+
+    def _verify(self) -> None:
+        for method in self.methods:
+            _require(self.bundle, method.roles, f"method {method.name}", "methods")
+        if self.options.parc:
+            _require(self.bundle, {"parc"}, "parcellation", "parc")
+        if self.options.qc:
+            _require(self.bundle, {"qc"}, "QC", "qc")
+        roles = {r for m in self.methods for r in m.roles} | ({"parc"} if self.options.parc else set()) \
+            | ({"qc"} if self.options.qc else set())
+        problems = verify_bundle(self.bundle, tuple(sorted(roles)))
+        if problems:
+            raise ModelError(f"{self.bundle.root}: bundle failed verification: {'; '.join(problems)}", setting="models")
+
+    @property
+    def device(self) -> str:
+        """``cpu`` or ``cuda``: where the networks run."""
+        return self.engine.device
+
+    @property
+    def method_names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.methods)
+
+    def __repr__(self) -> str:
+        return (f"Segmenter(models={str(self.bundle.root)!r}, methods={self.method_names!r}, "
+                f"device={self.runtime.device!r}, threads={self.runtime.threads}, fp16={self.runtime.fp16}, "
+                f"parc={self.options.parc}, qc={self.options.qc}, full_cleanup={self.options.full_cleanup}, "
+                f"workers={self.workers})")
+
+    # -- one scan, in memory ---------------------------------------------------------------------
+    def segment(self, image: str | os.PathLike | nib.spatialimages.SpatialImage, *, posteriors: bool = False,
+                scan_id: str | None = None) -> Segmentation:
+        """Segment one scan: a file (.nii, .nii.gz, .mgz) or a nibabel image held in memory.
+
+        ``posteriors``: also return the posteriors. ``scan_id``: the row's scan_id (default: the
+        file name without its suffix; ``"image"`` for an image without a file); subject_id is the
+        BIDS ``sub-*`` of the path, else the scan_id. Raises InputError naming the file (or the
+        scan_id) for an unreadable or unusable scan.
+        """
+        scan, identity = self._scan(image, scan_id)
+        for warning in scan.warnings:
+            log.warning(f"warning: {scan.path}: {warning}")
+        pre = prepare(scan, self._pre_config)
+        results = {}
+        for net in network_outputs(self.engine, pre, self.options):
+            out = finish_method(identity, scan, pre, net, model_id=self.bundle.model_id,
+                                full_cleanup=self.options.full_cleanup, keep_posteriors=posteriors)
+            post = None if out.posteriors is None else _nifti(out.posteriors, pre.grid_affine)
+            row = order_columns(pd.DataFrame([out.row])).iloc[0].rename(None)
+            results[net.method.name] = MethodResult(net.method.name, _nifti(out.labels, pre.grid_affine), post, row)
+        return Segmentation(identity["scan_id"], results, tuple(scan.warnings))
+
+    def _scan(self, image, scan_id: str | None) -> tuple[Scan, dict]:
+        if scan_id is not None and (not isinstance(scan_id, str) or not scan_id.strip()):
+            raise InputError(f"must be a non-empty text (got {scan_id!r})", setting="scan_id")
+        if isinstance(image, (str, os.PathLike)):
+            path = Path(image)
+            if path.is_dir():
+                raise InputError(f"{path} is a folder; segment takes one scan (segment_many takes folders)",
+                                 setting="image")
+            scan = load_scan(path, self.limits)
+            identity = record_identity(discover([path])[0])
+        else:
+            filename = image.get_filename() if isinstance(image, nib.spatialimages.SpatialImage) else None
+            scan = check_image(image, filename or scan_id or IN_MEMORY_ID, self.limits)
+            identity = (record_identity(discover([filename])[0]) if filename else
+                        {"scan_id": IN_MEMORY_ID, "subject_id": IN_MEMORY_ID, "session_id": None, "path": None})
+        if scan_id is not None:
+            subject = scan_id if identity["subject_id"] == identity["scan_id"] else identity["subject_id"]
+            identity = {**identity, "scan_id": scan_id, "subject_id": subject}
+        return scan, identity
+
+    # -- many scans, into a folder ---------------------------------------------------------------
+    def segment_many(self, inputs: str | os.PathLike | Iterable[str | os.PathLike], out_dir: str | os.PathLike, *,
+                     resume: bool = True, shard: str | Shard | None = None, progress: bool = True,
+                     posteriors: bool = False, resampled: bool = False, command=None) -> BatchResult:
+        """Segment every scan of ``inputs`` (image files, folders searched recursively, BIDS
+        datasets, manifest CSVs) into ``out_dir``, as ``morpho segment`` does.
+
+        Writes ``seg/<scan_id>_<method>.nii.gz``, ``volumes.parquet`` and ``.csv``,
+        ``failures.csv``, ``provenance.json`` (recording ``command``: an argv list or a text;
+        default: this call), and with ``posteriors`` / ``resampled`` ``posteriors/`` and
+        ``resampled/``. A failing scan is logged, listed in failures.csv, and the others go on.
+        ``resume``: continue a batch already in ``out_dir`` (scans finished there are skipped,
+        failed ones retried); False refuses a used folder. ``shard``: ``"K/N"`` or a
+        :class:`~morphometry.segment.batch.Shard`, only the scans of shard K of N.
+        ``progress``: a bar on a terminal, else a log line every 5 %.
+        """
+        started = datetime.now(timezone.utc)
+        records = discover([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs))
+        if shard is not None:
+            if not isinstance(shard, Shard):
+                shard = Shard.parse(shard)
+            records = [r for r in records if shard.holds(r.scan_id)]
+        out = Path(out_dir)
+        if journal.entries(out) and not resume:
+            raise InputError(f"{out} already holds results of an earlier batch; resume it or choose another "
+                             "output folder", setting="resume")
+        done = journal.finished(out, list(self.method_names))
+        todo = [r for r in records if r.scan_id not in done]
+        remove_partial_writes(out)
+        log.info(f"segmenting {len(todo)} scan(s) with {', '.join(self.method_names)} on {self.device}"
+                 + (f" ({len(records) - len(todo)} already done)" if len(todo) < len(records) else ""))
+        batch = SegmentBatch(self.bundle, self.engine, out, self.options, Outputs(posteriors, resampled),
+                             self.workers, self.limits)
+        with Progress(len(todo), "segment", "scan", enabled=bool(progress)) as bar:
+            succeeded, failed = batch.run(todo, bar)
+        rows, _ = merge_outputs(out, metadata={"model_id": self.bundle.model_id})
+        counts = {"total": len(todo), "succeeded": succeeded, "failed": failed, "skipped": len(records) - len(todo),
+                  "timings": dict(batch.timings)}
+        if command is None:
+            command = (f"{self!r}.segment_many({inputs!r}, {str(out)!r}, resume={resume}, shard={shard!r}, "
+                       f"posteriors={posteriors}, resampled={resampled})")
+        write_provenance(out, provenance(self.bundle, self.engine, command, counts, started))
+        volumes, failures = _read_tables(out, rows)
+        return BatchResult(**counts, out_dir=out, volumes=volumes, failures=failures)
+
+
+def merge(sources: str | os.PathLike | Iterable[str | os.PathLike], out_dir: str | os.PathLike) -> MergeResult:
+    """Combine the results of several :meth:`Segmenter.segment_many` folders (shards) into
+    ``out_dir``: volumes.parquet, volumes.csv and failures.csv, one row per scan and method."""
+    folders = [Path(s) for s in ([sources] if isinstance(sources, (str, os.PathLike)) else sources)]
+    if not folders:
+        raise InputError("no folders to merge", setting="sources")
+    for src in folders:
+        if not journal.entries(src):
+            raise InputError(f"{src}: no segment results found (no {journal.JOURNAL_DIR}/ entries)")
+    out = Path(out_dir)
+    rows, _ = merge_outputs(out, folders)
+    volumes, failures = _read_tables(out, rows)
+    return MergeResult(out, volumes, failures)
+
+
+def _read_tables(out: Path, rows: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """volumes.parquet (empty when no scan succeeded) and failures.csv of a results folder."""
+    volumes = pd.read_parquet(out / "volumes.parquet") if rows else pd.DataFrame()
+    return volumes, pd.read_csv(out / "failures.csv", dtype=str)
+
+
+def _bundle(models) -> Bundle:
+    if isinstance(models, Bundle):
+        return models
+    if isinstance(models, str) and models == "starter":
+        if not (STARTER_BUNDLE / "bundle.json").is_file():
+            raise ModelError(f"no starter bundle in {STARTER_BUNDLE}; give a bundle folder (e.g. one made by "
+                             "morpho models import-keras)", setting="models")
+        models = STARTER_BUNDLE
+    if not isinstance(models, (str, os.PathLike)):
+        raise InputError(f"expected 'starter', a bundle folder or a Bundle, got {type(models).__name__}",
+                         setting="models")
+    try:
+        return load_bundle(models)
+    except ModelError as exc:
+        raise exc.renamed("models") from None
+
+
+def _methods(methods) -> tuple[Method, ...]:
+    names = [methods] if isinstance(methods, str) else list(methods)
+    if not names:
+        raise InputError("give at least one method", setting="methods")
+    try:
+        return tuple(resolve_methods(names))
+    except InputError as exc:
+        raise exc.renamed("methods") from None
+
+
+def _require(bundle: Bundle, roles: set[str], what: str, setting: str) -> None:
+    try:
+        require(bundle, roles, what)
+    except ModelError as exc:
+        raise exc.renamed(setting) from None
+
+
+def _whole(value, setting: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InputError(f"must be a whole number >= {minimum} (got {value!r})", setting=setting)
+    return int(value)
+
+
+def _nifti(array: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
+    """The image ``morphometry.io.save_image`` writes for ``array``."""
+    img = nib.Nifti1Image(array, affine)
+    img.header.set_xyzt_units("mm")
+    return img

@@ -15,8 +15,14 @@ from threadpoolctl import threadpool_limits
 
 from morphometry.analysis.ageing_inference import VarianceComponents
 from morphometry.analysis.ageing_metrics import change_metrics
-from morphometry.analysis.splines import (DIRECTIONS, PenaltySettings, least_squares, solve_patterns,
-                                          solve_penalised, wrong_sign_increments)
+from morphometry.analysis.splines import (
+    DIRECTIONS,
+    PenaltySettings,
+    least_squares,
+    solve_patterns,
+    solve_penalised,
+    wrong_sign_increments,
+)
 from morphometry.progress import Progress
 
 _PROGRESS_STEPS = 20  # replicates run in this many batches
@@ -143,7 +149,7 @@ def resample(fit, n_replicates: int, rng: np.random.Generator, *, seed: int | No
     coefs = {key: np.empty((n_replicates, p)) for key in fit.fits}
     not_converged = 0
     desc = "bootstrap" if len(fit.methods) == 1 else f"bootstrap ({len(fit.methods)} methods x {n_replicates})"
-    with (Progress(n_replicates * len(fit.methods), desc, unit="replicate", enabled=None if progress else False) as bar,
+    with (Progress(n_replicates * len(fit.methods), desc, unit="replicate", enabled=progress) as bar,
           threadpool_limits(1, user_api="blas")):
         for method in fit.methods:
             sums = _SubjectSums.of(fit.data[method], n_sub)

@@ -37,8 +37,12 @@ from scipy import stats
 from threadpoolctl import threadpool_limits
 
 from morphometry.analysis.ageing_bootstrap import AgeingBootstrap, resample
-from morphometry.analysis.ageing_inference import (VarianceComponents, cluster_covariance, fit_random_intercept,
-                                                   gls_transform)
+from morphometry.analysis.ageing_inference import (
+    VarianceComponents,
+    cluster_covariance,
+    fit_random_intercept,
+    gls_transform,
+)
 from morphometry.analysis.ageing_metrics import age_grid, change_metrics
 from morphometry.analysis.ageing_outputs import write_ageing_outputs
 from morphometry.analysis.splines import DIRECTIONS, PenaltySettings, SplineBasis, active_map, solve_penalised
@@ -262,7 +266,7 @@ class AgeingModel:
         # Many tiny problems: BLAS threads only cost. MixedLM fits take seconds each: report them.
         with (threadpool_limits(1, user_api="blas"),
               Progress(len(methods) * len(structures), "random-intercept fits", unit="fit",
-                       enabled=None if spec.random_intercept else False) as bar):
+                       enabled=spec.random_intercept) as bar):
             for method in methods:
                 rows = method_col == method
                 design = np.column_stack([basis.evaluate(age[rows]), covars[rows]])

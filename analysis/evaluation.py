@@ -326,7 +326,7 @@ def evaluate(predictions, references, *, grid: str = "reference", msd: str = "me
     qc_table = read_qc_table(qc) if qc is not None else None
     pairing = pair_inputs(predictions, references, pred_method)
     pairing.warn_unpaired()
-    with Progress(len(pairing.pairs), "evaluate", unit="scan", enabled=None if progress else False) as bar:
+    with Progress(len(pairing.pairs), "evaluate", unit="scan", enabled=progress) as bar:
         table, failures = evaluate_pairs(pairing, config, jobs, bar)
     if table.empty:
         if len(failures):

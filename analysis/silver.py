@@ -355,7 +355,7 @@ def silver(out_dir: str | Path, *, sessions=None, scans=None, reference_image: s
     rng = np.random.default_rng(seed)
     rows, failures = [], []
     total = sum(len(s.scans) for s in chosen)
-    with Progress(total, "silver", unit="scan", enabled=None if progress else False) as bar:
+    with Progress(total, "silver", unit="scan", enabled=progress) as bar:
         for session in chosen:
             done, failed = propagate_session(session, out, config, rng, bar)
             rows += done

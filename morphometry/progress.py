@@ -46,14 +46,17 @@ def _duration(seconds: float) -> str:
 class Progress:
     """Counts finished items of ``total``; use as a context manager.
 
-    ``enabled=None`` (default) shows progress when the toolkit's logger would print information;
-    ``step_percent`` is the spacing of the log lines when stderr is not a terminal.
+    ``enabled``: show progress, if the toolkit's logger prints information (not with
+    ``--quiet``); ``step_percent``: spacing of the log lines when stderr is not a terminal. Where
+    nothing has configured logging (a notebook, a script), the toolkit's messages go to stderr.
     """
 
-    def __init__(self, total: int, desc: str, unit: str = "item", enabled: bool | None = None,
+    def __init__(self, total: int, desc: str, unit: str = "item", enabled: bool = True,
                  step_percent: float = 5.0):
+        if not log.handlers and not logging.getLogger().handlers:
+            configure_logging()
         self.total, self.desc, self.unit = max(0, int(total)), desc, unit
-        self.enabled = log.isEnabledFor(logging.INFO) if enabled is None else enabled
+        self.enabled = bool(enabled) and log.isEnabledFor(logging.INFO)
         self.step = max(1, int(self.total * step_percent / 100))
         self.done = 0
         self._next = self.step

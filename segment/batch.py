@@ -31,14 +31,14 @@ from morphometry.errors import InputError, MorphometryError
 from morphometry.inputs import ScanRecord
 from morphometry.io import LoadLimits, Scan, load_scan, save_image
 from morphometry.labels import SYNTHSEG_2
-from morphometry.tables import write_volumes
-from morphometry.volumes import parcel_volumes, qc_scores, soft_volumes
 from morphometry.segment import journal
 from morphometry.segment.bundle import Bundle
 from morphometry.segment.methods import Method
 from morphometry.segment.postprocess import PostprocessConfig, postprocess, postprocess_parcellation, to_native
 from morphometry.segment.preprocess import PreprocessConfig, Preprocessed, preprocess
 from morphometry.segment.runtime import Engine
+from morphometry.tables import write_volumes
+from morphometry.volumes import parcel_volumes, qc_scores, soft_volumes
 
 
 @dataclass(frozen=True)

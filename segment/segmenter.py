@@ -25,16 +25,27 @@ from morphometry.errors import InputError, ModelError
 from morphometry.inputs import discover
 from morphometry.io import LoadLimits, Scan, check_image, load_scan
 from morphometry.progress import Progress, log
-from morphometry.tables import order_columns
 from morphometry.segment import journal
-from morphometry.segment.batch import (Outputs, SegmentBatch, SegmentOptions, Shard, finish_method, merge_outputs,
-                                       network_outputs, prepare, provenance, record_identity, remove_partial_writes,
-                                       write_provenance)
+from morphometry.segment.batch import (
+    Outputs,
+    SegmentBatch,
+    SegmentOptions,
+    Shard,
+    finish_method,
+    merge_outputs,
+    network_outputs,
+    prepare,
+    provenance,
+    record_identity,
+    remove_partial_writes,
+    write_provenance,
+)
 from morphometry.segment.bundle import Bundle, load_bundle, require, verify_bundle
 from morphometry.segment.methods import DEFAULT_METHOD, Method, resolve_methods
 from morphometry.segment.models import STARTER_BUNDLE
 from morphometry.segment.preprocess import PreprocessConfig
 from morphometry.segment.runtime import DEVICES, Engine, RuntimeConfig
+from morphometry.tables import order_columns
 
 IN_MEMORY_ID = "image"  # scan_id of a nibabel image without a file name, unless one is given
 
@@ -254,7 +265,7 @@ class Segmenter:
                  + (f" ({len(records) - len(todo)} already done)" if len(todo) < len(records) else ""))
         batch = SegmentBatch(self.bundle, self.engine, out, self.options, Outputs(posteriors, resampled),
                              self.workers, self.limits)
-        with Progress(len(todo), "segment", "scan", enabled=bool(progress)) as bar:
+        with Progress(len(todo), "segment", "scan", enabled=progress) as bar:
             succeeded, failed = batch.run(todo, bar)
         rows, _ = merge_outputs(out, metadata={"model_id": self.bundle.model_id})
         counts = {"total": len(todo), "succeeded": succeeded, "failed": failed, "skipped": len(records) - len(todo),

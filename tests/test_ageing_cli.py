@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from morphometry.cli import fit_ageing as ageing_cli
 from morphometry.analysis.ageing_simulation import SimulatedAgeingData, simulate_ageing_table
+from morphometry.cli import fit_ageing as ageing_cli
 from morphometry.errors import InputError
 from morphometry.labels import STRUCTURES, TOTAL_INTRACRANIAL
 from morphometry.tables import REQUIRED_COLUMNS

@@ -9,8 +9,8 @@ import pytest
 
 from morphometry.cli import main
 from morphometry.segment.bundle import load_bundle
-from morphometry.segment.models import STARTER_BUNDLE as DEFAULT_BUNDLE
 from morphometry.segment.methods import supported_methods
+from morphometry.segment.models import STARTER_BUNDLE as DEFAULT_BUNDLE
 
 
 @pytest.mark.slow

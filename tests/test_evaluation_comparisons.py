@@ -10,8 +10,13 @@ import pandas as pd
 import pytest
 from scipy.stats import rankdata
 
-from morphometry.analysis.method_comparisons import (ComparisonConfig, adjust, compare_methods, method_pairs,
-                                                     signed_rank_test)
+from morphometry.analysis.method_comparisons import (
+    ComparisonConfig,
+    adjust,
+    compare_methods,
+    method_pairs,
+    signed_rank_test,
+)
 from morphometry.errors import DataError, InputError
 
 

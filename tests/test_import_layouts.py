@@ -10,11 +10,10 @@ import h5py
 import numpy as np
 import pytest
 
-from morphometry.errors import InputError, ModelError
-from morphometry.segment.keras_import import (KINDS, import_keras, infer_qc, infer_unet, read_keras_h5,
-                                  write_keras_h5)
 from morphometry.cli import main
 from morphometry.cli.models import KIND_CHOICES
+from morphometry.errors import InputError, ModelError
+from morphometry.segment.keras_import import KINDS, import_keras, infer_qc, infer_unet, read_keras_h5, write_keras_h5
 from morphometry.segment.networks import OFFICIAL_SPECS, UNetSpec, random_weights, read_weights, unet_model
 from morphometry.segment.qcnet import QCSpec
 

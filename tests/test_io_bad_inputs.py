@@ -7,11 +7,10 @@ import gzip
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import save
 
 from morphometry.errors import InputError
 from morphometry.io import LoadLimits, load_scan
-
-from conftest import save
 
 
 def good(shape=(16, 16, 16)):

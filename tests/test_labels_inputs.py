@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import save
 
 from morphometry.errors import InputError
 from morphometry.inputs import discover
-from morphometry.labels import (BILATERAL_STRUCTURES, LEFT_RIGHT_PAIRS, PARCELLATION_LABELS, QC_GROUPS,
-                                STRUCTURES, SYNTHSEG_1, SYNTHSEG_2)
+from morphometry.labels import (
+    BILATERAL_STRUCTURES,
+    LEFT_RIGHT_PAIRS,
+    PARCELLATION_LABELS,
+    QC_GROUPS,
+    STRUCTURES,
+    SYNTHSEG_1,
+    SYNTHSEG_2,
+)
 from morphometry.volumes import soft_volumes
-
-from conftest import save
 
 
 def test_label_order_and_flip_vector():

@@ -15,11 +15,10 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import head_phantom, save
 
 from morphometry.cli import main
 from morphometry.labels import STRUCTURES, SYNTHSEG_2
-
-from conftest import head_phantom, save
 
 MORPHO = [sys.executable, "-m", "morphometry.cli"]
 

@@ -10,12 +10,16 @@ import pytest
 from morphometry.cli import main
 from morphometry.io import load_scan
 from morphometry.labels import STRUCTURES, SYNTHSEG_2, TOTAL_INTRACRANIAL
-from morphometry.tables import read_metadata, read_volumes
-from morphometry.segment.synthesis.planted_ageing import (PlantedAgeingModel, age_label_map, structure_counts,
-                                                          target_counts)
 from morphometry.segment.synthesis.anatomy import Anatomy, default_anatomy
 from morphometry.segment.synthesis.cohort import CohortConfig, simulate_cohort
 from morphometry.segment.synthesis.generation_labels import GENERATION_LABELS
+from morphometry.segment.synthesis.planted_ageing import (
+    PlantedAgeingModel,
+    age_label_map,
+    structure_counts,
+    target_counts,
+)
+from morphometry.tables import read_metadata, read_volumes
 from tests.test_synthesis_generator import toy_map
 from tests.test_synthesis_labelmaps import _atlas_available
 

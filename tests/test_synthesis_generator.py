@@ -10,8 +10,15 @@ from morphometry.errors import DataError, InputError
 from morphometry.labels import SYNTHSEG_2
 from morphometry.segment.synthesis.generation_labels import GENERATION_LABELS
 from morphometry.segment.synthesis.generator import GeneratorConfig, SyntheticGenerator
-from morphometry.segment.synthesis.priors import (BiasPriors, GeneratorPriors, GmmPriors, ResolutionPriors, SpatialPriors,
-                                      TissueMapPriors, Uniform)
+from morphometry.segment.synthesis.priors import (
+    BiasPriors,
+    GeneratorPriors,
+    GmmPriors,
+    ResolutionPriors,
+    SpatialPriors,
+    TissueMapPriors,
+    Uniform,
+)
 
 
 def toy_map(shape=(40, 44, 36)) -> np.ndarray:

@@ -5,8 +5,14 @@ import numpy as np
 
 from morphometry.segment.synthesis.generator import GeneratorConfig, SyntheticGenerator
 from morphometry.segment.synthesis.priors import GmmPriors, ResolutionPriors, Uniform
-from morphometry.segment.synthesis.resolution import (AcquisitionParams, blur, lr_shape, sample_acquisition, subsample,
-                                          upsample)
+from morphometry.segment.synthesis.resolution import (
+    AcquisitionParams,
+    blur,
+    lr_shape,
+    sample_acquisition,
+    subsample,
+    upsample,
+)
 from tests.test_synthesis_generator import static_priors, toy_map
 
 

@@ -3,9 +3,18 @@
 import numpy as np
 
 from morphometry.segment.synthesis.priors import SpatialPriors, Uniform, UniformVariance
-from morphometry.segment.synthesis.spatial import (DeformationParams, affine_matrix, integrate_velocity, interpolation_matrix,
-                                       jacobian_determinant, resize_block, sample_deformation, source_coordinates,
-                                       warp_image, warp_labels)
+from morphometry.segment.synthesis.spatial import (
+    DeformationParams,
+    affine_matrix,
+    integrate_velocity,
+    interpolation_matrix,
+    jacobian_determinant,
+    resize_block,
+    sample_deformation,
+    source_coordinates,
+    warp_image,
+    warp_labels,
+)
 
 
 def params(rotation=(0, 0, 0), scaling=(1, 1, 1), shearing=(0,) * 6, translation=(0, 0, 0), velocity=None, std=0.0):

@@ -125,7 +125,7 @@ def simulate_cohort(out_dir: str | Path, anatomy: Anatomy, config: CohortConfig 
         raise InputError(f"{out}: already holds a simulated cohort (manifest.csv); choose an empty folder")
     manifest, truth_rows, subject_rows = [], [], []
     streams = np.random.SeedSequence(config.seed).spawn(config.subjects)
-    with Progress(config.subjects, "simulate-cohort", "subject", enabled=None if progress else False) as bar:
+    with Progress(config.subjects, "simulate-cohort", "subject", enabled=progress) as bar:
         for i, stream in enumerate(streams):
             subject_row = _simulate_subject(out, anatomy, config, f"sub-{i + 1:03d}", np.random.default_rng(stream),
                                             manifest, truth_rows)

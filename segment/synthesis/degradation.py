@@ -17,10 +17,22 @@ import numpy as np
 
 from morphometry.errors import InputError
 from morphometry.segment.synthesis.generator import degrade_resolution
-from morphometry.segment.synthesis.intensity import BiasParams, apply_gamma, bias_field, normalise_percentiles, sample_bias
+from morphometry.segment.synthesis.intensity import (
+    BiasParams,
+    apply_gamma,
+    bias_field,
+    normalise_percentiles,
+    sample_bias,
+)
 from morphometry.segment.synthesis.priors import DegradationPriors
 from morphometry.segment.synthesis.resolution import AcquisitionParams, sample_acquisition
-from morphometry.segment.synthesis.spatial import DeformationParams, sample_deformation, source_coordinates, warp_image, warp_labels
+from morphometry.segment.synthesis.spatial import (
+    DeformationParams,
+    sample_deformation,
+    source_coordinates,
+    warp_image,
+    warp_labels,
+)
 
 
 @dataclass(frozen=True, eq=False)

@@ -16,11 +16,26 @@ import numpy as np
 
 from morphometry.errors import InputError
 from morphometry.segment.synthesis.generation_labels import GENERATION_LABELS, GenerationLabels
-from morphometry.segment.synthesis.intensity import (BiasParams, GmmParams, apply_gamma, bias_field, normalise_minmax,
-                                         render_gmm, sample_bias, sample_gmm)
+from morphometry.segment.synthesis.intensity import (
+    BiasParams,
+    GmmParams,
+    apply_gamma,
+    bias_field,
+    normalise_minmax,
+    render_gmm,
+    sample_bias,
+    sample_gmm,
+)
 from morphometry.segment.synthesis.labelmaps import check_generation_labels
 from morphometry.segment.synthesis.priors import GeneratorPriors, TissueMapPriors
-from morphometry.segment.synthesis.resolution import AcquisitionParams, add_noise, blur, sample_acquisition, subsample, upsample
+from morphometry.segment.synthesis.resolution import (
+    AcquisitionParams,
+    add_noise,
+    blur,
+    sample_acquisition,
+    subsample,
+    upsample,
+)
 from morphometry.segment.synthesis.spatial import DeformationParams, sample_deformation, source_coordinates, warp_labels
 
 TARGETS = ("s1", "s2", "synthseg")

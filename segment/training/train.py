@@ -233,7 +233,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, *, pro
 
     new_log = not log_path.is_file()
     last = ckpt_path
-    bar = Progress(config.steps - start + 1, f"train {config.role}", "step", enabled=None if progress else False)
+    bar = Progress(config.steps - start + 1, f"train {config.role}", "step", enabled=progress)
     with bar, open(log_path, "a", newline="") as fh:
         writer = csv.DictWriter(fh, LOG_FIELDS)
         if new_log:

@@ -16,6 +16,8 @@ import time
 
 LOGGER_NAME = "morphometry"
 log = logging.getLogger(LOGGER_NAME)
+MIN_INTERVAL_S = 1.0
+"""Shortest time between two progress lines in a log (s); work that finishes within it logs none."""
 
 
 def configure_logging(verbosity: int = 0) -> None:
@@ -47,8 +49,10 @@ class Progress:
     """Counts finished items of ``total``; use as a context manager.
 
     ``enabled``: show progress, if the toolkit's logger prints information (not with
-    ``--quiet``); ``step_percent``: spacing of the log lines when stderr is not a terminal. Where
-    nothing has configured logging (a notebook, a script), the toolkit's messages go to stderr.
+    ``--quiet``). When stderr is not a terminal, a line is logged each time another
+    ``step_percent`` of the items is done, but not more often than every :data:`MIN_INTERVAL_S`
+    seconds (work that finishes within it logs nothing). Where nothing has configured logging (a
+    notebook, a script), the toolkit's messages go to stderr.
     """
 
     def __init__(self, total: int, desc: str, unit: str = "item", enabled: bool = True,
@@ -60,7 +64,8 @@ class Progress:
         self.step = max(1, int(self.total * step_percent / 100))
         self.done = 0
         self._next = self.step
-        self._start = time.perf_counter()
+        self._start = self._last = time.perf_counter()
+        self.min_interval_s = MIN_INTERVAL_S
         self._bar = None
         if self.enabled and self.total and sys.stderr.isatty():
             from tqdm import tqdm
@@ -80,7 +85,11 @@ class Progress:
         elif self.enabled and self.total and (self.done >= self._next or self.done == self.total):
             while self._next <= self.done:
                 self._next += self.step
-            log.info(self.line())
+            now = time.perf_counter()
+            finished_after_lines = self.done == self.total and self._last > self._start
+            if now - self._last >= self.min_interval_s or finished_after_lines:
+                log.info(self.line())
+                self._last = now
 
     def line(self) -> str:
         """``desc: 40/100 unit (40 %), 2.5 unit/s, about 24 s left``."""

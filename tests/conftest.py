@@ -20,6 +20,12 @@ def head_phantom(shape: tuple[int, int, int], rng: np.random.Generator) -> np.nd
     return image.astype(np.float32)
 
 
+@pytest.fixture(autouse=True)
+def every_progress_line(monkeypatch):
+    """Tests finish in milliseconds: let progress log every step, as a long batch would."""
+    monkeypatch.setattr("morphometry.progress.MIN_INTERVAL_S", 0.0)
+
+
 def save(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
     nib.save(nib.Nifti1Image(data, affine), str(path))
     return path

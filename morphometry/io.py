@@ -6,6 +6,15 @@ image held in memory. Every problem becomes an :class:`InputError` with a
 one-line cause; recoverable oddities (a 4-D series, non-finite voxels, very few slices) become
 warnings carried on the scan. The image size is checked from the header, before any voxel is
 read, so an absurd header cannot exhaust memory.
+
+Voxel values are in physical units (the header's scl_slope / scl_inter applied, as the original's
+``get_fdata``). An in-memory NIfTI image gets the affine its file would hold (the sform rounded to
+the header's float32), so it is segmented exactly as the same image saved and loaded.
+``output_image`` / ``save_image`` write results the original's way: with the input's header, which
+nibabel rewrites where the affine changed (a resampled grid gets sform_code 2, qform_code 0 and
+1 mm pixdims; a native grid keeps the input's codes and pixdims), in the on-disk type asked for
+(int32 labels unscaled, float32 posteriors) or, by default, the input's own (the ``--resample``
+image: int16 inputs give int16 files with a scl_slope / scl_inter chosen by nibabel).
 """
 
 from __future__ import annotations
@@ -150,6 +159,8 @@ def _stored_zooms(img, file: Path | None) -> tuple[float, ...]:
 def _check_affine(path: Path, img, file: Path | None) -> tuple[np.ndarray, tuple[float, float, float]]:
     # an image made in memory without an affine is saved (and reloaded) with the header's best affine
     affine = np.asarray(img.affine if img.affine is not None else img.header.get_best_affine(), dtype=np.float64)
+    if file is None and isinstance(img, nib.Nifti1Image):  # as saved: the sform in the header's type
+        affine = affine.astype(img.header["srow_x"].dtype).astype(np.float64)
     if not np.all(np.isfinite(affine)):
         raise InputError(f"{path}: non-finite values in the affine")
     zooms = _stored_zooms(img, file)
@@ -221,10 +232,27 @@ def _checked_scan(img, path: Path, limits: LoadLimits, file: Path | None) -> Sca
     return Scan(path=path, data=data, affine=affine, header=img.header, info=info, warnings=warnings)
 
 
-def save_image(array: np.ndarray, affine: np.ndarray, path: str | Path) -> None:
-    """Write a NIfTI image (.nii or .nii.gz) atomically (temporary file in the same folder, then rename)."""
+def output_image(array: np.ndarray, affine: np.ndarray, header=None, dtype=None) -> nib.Nifti1Image:
+    """A NIfTI image of ``array`` on ``affine`` as the original writes its outputs.
+
+    ``header``: the input scan's header (NIfTI or MGH; module docstring for what nibabel keeps and
+    rewrites), or None for a fresh header with mm units. ``dtype``: the on-disk voxel type, e.g.
+    ``np.int32`` for labels (written unscaled) or ``np.float32``; None keeps the header's type (the
+    input's; nibabel then picks a scl_slope / scl_inter for integer types) or, without a header,
+    the array's.
+    """
+    img = nib.Nifti1Image(np.ascontiguousarray(array), affine, header)
+    if header is None:
+        img.header.set_xyzt_units("mm")
+    if dtype is not None:
+        img.set_data_dtype(dtype)
+    return img
+
+
+def save_image(array: np.ndarray, affine: np.ndarray, path: str | Path, header=None, dtype=None) -> None:
+    """Write :func:`output_image` as .nii or .nii.gz atomically (temporary file in the same folder, then
+    rename)."""
     path = Path(path)
-    img = nib.Nifti1Image(np.ascontiguousarray(array), affine)
-    img.header.set_xyzt_units("mm")
+    img = output_image(array, affine, header, dtype)
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
     atomic_write(path, lambda tmp: nib.save(img, str(tmp)), suffix=suffix)

@@ -34,11 +34,17 @@ from morphometry.labels import SYNTHSEG_2
 from morphometry.segment import journal
 from morphometry.segment.bundle import Bundle
 from morphometry.segment.methods import Method
-from morphometry.segment.postprocess import PostprocessConfig, postprocess, postprocess_parcellation, to_native
+from morphometry.segment.postprocess import (
+    PostprocessConfig,
+    postprocess,
+    postprocess_parcellation,
+    to_native,
+    uncrop,
+)
 from morphometry.segment.preprocess import PreprocessConfig, Preprocessed, preprocess
 from morphometry.segment.runtime import Engine
 from morphometry.tables import write_volumes
-from morphometry.volumes import parcel_volumes, qc_scores, soft_volumes
+from morphometry.volumes import PARCEL_REFERENCES, channel_sums, parcel_volumes, qc_scores, volumes_from_sums
 
 
 @dataclass(frozen=True)
@@ -48,14 +54,25 @@ class SegmentOptions:
     parc: bool = False  # cortical parcellation: parcel labels in the cortex, parcel volumes (mm^3)
     qc: bool = False  # automated QC: qc_* scores in [0, 1]
     full_cleanup: bool = False  # SynthSeg 2.0 topology clean-up for every method (fair comparisons)
+    fast: bool = False  # the original's --fast: no left-right flip, fast clean-up for every method
+    parcel_reference: str = "white_matter"  # parcels sum to: white_matter (2 + 41, as the original) | cortex
+
+    def __post_init__(self) -> None:
+        if self.fast and self.full_cleanup:
+            raise InputError("fast skips the topology clean-up that full_cleanup asks for; choose one",
+                             setting="fast")
+        if self.parcel_reference not in PARCEL_REFERENCES:
+            raise InputError(f"{self.parcel_reference!r}: choose {', '.join(PARCEL_REFERENCES)}",
+                             setting="parcel_reference")
 
 
 @dataclass(frozen=True)
 class Outputs:
-    """Optional files a batch writes besides ``seg/`` and the tables."""
+    """Optional files a batch writes besides ``seg/`` and the tables. Every image carries the input's
+    header, as the original writes it (:func:`morphometry.io.output_image`)."""
 
     posteriors: bool = False  # OUT/posteriors/<scan_id>_<method>.nii.gz, float32 4-D
-    resampled: bool = False  # OUT/resampled/<scan_id>.nii.gz, the image on the working grid
+    resampled: bool = False  # OUT/resampled/<scan_id>.nii.gz, the image on the working grid (input's type)
 
 
 @dataclass(frozen=True)
@@ -126,30 +143,39 @@ def network_outputs(engine: Engine, pre: Preprocessed, options: SegmentOptions) 
 
 
 def finish_method(identity: dict, scan: Scan, pre: Preprocessed, net: NetworkOutput, *, model_id: str,
-                  full_cleanup: bool = False, keep_posteriors: bool = False) -> MethodOutput:
+                  full_cleanup: bool = False, fast: bool = False, parcel_reference: str = "white_matter",
+                  keep_posteriors: bool = False) -> MethodOutput:
     """Postprocess one method's network outputs into labels, posteriors and the volumes row.
 
     ``identity``: scan_id, subject_id, session_id, path and any extra columns (extras that clash
     with a column of the row are left out). ``full_cleanup`` applies the topology clean-up whatever
-    the method; ``keep_posteriors`` returns the posteriors too.
+    the method, ``fast`` the fast clean-up whatever the method (:class:`SegmentOptions`);
+    ``parcel_reference``: what the parcel volumes sum to (:data:`morphometry.volumes.PARCEL_REFERENCES`);
+    ``keep_posteriors`` returns the posteriors too. Volumes are computed as the original does
+    (:mod:`morphometry.volumes`); of a cropped scan (``pre.crop``) only the box is analysed, the rest
+    is background, and the structure sums are float64 as the original's (over the box: the
+    original's sums over the whole grid only add zeros).
     """
     start = time.perf_counter()
-    config = PostprocessConfig(topology=net.method.topology or full_cleanup, in_place=True)
+    config = PostprocessConfig(topology=(net.method.topology or full_cleanup) and not fast, in_place=True)
     seg = postprocess(net.posteriors, SYNTHSEG_2, pre.inner, config)
     row = {key: identity[key] for key in ("scan_id", "subject_id", "session_id", "path")}
     row.update(method=net.method.name, model_id=model_id, **scan.info.acquisition_columns())
     row.update({k: v for k, v in identity.items() if k not in row})
-    row.update(soft_volumes(seg.posteriors, SYNTHSEG_2, pre.voxel_volume_mm3))
+    sums = channel_sums(seg.posteriors, pre.alignment.flips, np.float32 if pre.crop is None else np.float64)
+    row.update(volumes_from_sums(sums, SYNTHSEG_2, pre.voxel_volume_mm3))
     labels = seg.labels
     if net.parcellation is not None:
         parcellated = postprocess_parcellation(net.parcellation, seg, pre.inner)
         labels = parcellated.labels
-        sums = parcellated.posteriors[1:].reshape(len(parcellated.posteriors) - 1, -1).sum(1, dtype=np.float64)
-        row.update(parcel_volumes(sums, row["left_cerebral_cortex"] + row["right_cerebral_cortex"]))
+        parcel_sums = channel_sums(parcellated.posteriors[1:])
+        row.update(parcel_volumes(parcel_sums, sums, SYNTHSEG_2, pre.voxel_volume_mm3, parcel_reference))
     if net.qc is not None:
         row.update(qc_scores(net.qc))
-    posteriors = np.ascontiguousarray(to_native(np.moveaxis(seg.posteriors, 0, -1), pre)) if keep_posteriors else None
-    native = np.ascontiguousarray(to_native(labels, pre))
+    posteriors = None
+    if keep_posteriors:
+        posteriors = np.ascontiguousarray(to_native(uncrop(np.moveaxis(seg.posteriors, 0, -1), pre), pre))
+    native = np.ascontiguousarray(to_native(uncrop(labels, pre), pre))
     return MethodOutput(row, native, posteriors, {"postprocess": time.perf_counter() - start})
 
 
@@ -177,13 +203,19 @@ class _ScanFailure(Exception):
 
 
 class SegmentBatch:
-    """Runs the methods of an engine over many scans into an output folder (files and journal)."""
+    """Runs the methods of an engine over many scans into an output folder (files and journal).
+
+    ``preprocessing``: the settings of :func:`preprocess` (crop, CT window, ...); default: the
+    bundle's working resolution and minimum size.
+    """
 
     def __init__(self, bundle: Bundle, engine: Engine, out_dir: Path, options: SegmentOptions = SegmentOptions(),
-                 outputs: Outputs = Outputs(), workers: int = 2, limits: LoadLimits = LoadLimits()):
+                 outputs: Outputs = Outputs(), workers: int = 2, limits: LoadLimits = LoadLimits(),
+                 preprocessing: PreprocessConfig | None = None):
         self.bundle, self.engine, self.out_dir = bundle, engine, Path(out_dir)
         self.options, self.outputs, self.workers, self.limits = options, outputs, max(1, workers), limits
-        self.pre_config = PreprocessConfig(resolution_mm=bundle.resolution_mm, min_size=bundle.min_size)
+        self.pre_config = preprocessing or PreprocessConfig(resolution_mm=bundle.resolution_mm,
+                                                            min_size=bundle.min_size)
         self.timings: dict[str, float] = defaultdict(float)
 
     def run(self, records: list[ScanRecord], progress) -> tuple[int, int]:
@@ -243,18 +275,20 @@ class SegmentBatch:
             futures.append(writers.submit(self._finish_and_write, identity, scan, pre, net))
             wait([f for f in futures if not f.done()][:-1])  # bound the posteriors held in host memory
         if self.outputs.resampled and pre.resampled:
-            save_image(pre.resampled_image().astype(np.float32), pre.grid_affine,
-                       self.out_dir / "resampled" / f"{rec.scan_id}.nii.gz")
+            save_image(pre.resampled_image(), pre.grid_affine, self.out_dir / "resampled" / f"{rec.scan_id}.nii.gz",
+                       header=scan.header)
         return futures
 
     def _finish_and_write(self, identity: dict, scan: Scan, pre: Preprocessed, net: NetworkOutput) -> tuple[dict, dict]:
         out = finish_method(identity, scan, pre, net, model_id=self.bundle.model_id,
-                            full_cleanup=self.options.full_cleanup, keep_posteriors=self.outputs.posteriors)
+                            full_cleanup=self.options.full_cleanup, fast=self.options.fast,
+                            parcel_reference=self.options.parcel_reference, keep_posteriors=self.outputs.posteriors)
         start = time.perf_counter()
         name = f"{identity['scan_id']}_{net.method.name}.nii.gz"
-        save_image(out.labels, pre.grid_affine, self.out_dir / "seg" / name)
+        save_image(out.labels, pre.grid_affine, self.out_dir / "seg" / name, header=scan.header, dtype=np.int32)
         if out.posteriors is not None:
-            save_image(out.posteriors, pre.grid_affine, self.out_dir / "posteriors" / name)
+            save_image(out.posteriors, pre.grid_affine, self.out_dir / "posteriors" / name, header=scan.header,
+                       dtype=np.float32)
         return out.row, {**out.timings, "write": time.perf_counter() - start}
 
     def _journal(self, rec: ScanRecord, futures: list[Future], info: dict, progress) -> bool:

@@ -1,5 +1,5 @@
 """Postprocessing of network outputs (the original's ``SynthSeg/predict_synthseg.py``,
-function ``postprocess``, and the QC crop built in its ``build_model``).
+function ``postprocess``).
 
 A. (fast mode: remove the padding first) keep the largest 6-connected component of
    "sum of the non-background channels > 0.25"; non-background channels are set to 0 outside it.
@@ -10,7 +10,9 @@ C. fast mode: non-background channels <= 0.2 are set to 0.
 D. renormalise every voxel over channels; hard label = label of the argmax (ties: lowest channel).
    A voxel whose channels are all 0 becomes background (posterior 1 on channel 0) instead of the
    original's 0/0.
-Largest component = most voxels, ties to the lowest component id (first in raster order).
+Largest component = most voxels, ties to the lowest component id (first in raster order). A class
+with no voxel above its threshold has an empty largest component: its channels become 0 everywhere.
+Thresholds are compared in float32, as the original's (a posterior of float32(0.2) is not > 0.2).
 
 Components, masking, renormalisation and argmax work on bounding boxes (of the foreground
 component, of each kept class or channel), so most of the cost follows the structures' extent.
@@ -32,8 +34,6 @@ Box = tuple[slice, slice, slice]
 CORTEX_VALUES = (3, 42)  # left and right cerebral cortex: where parcels are written (2.9)
 PARCELLATION_VALUES = np.array([0] + [p.value for p in PARCELLATION_LABELS], dtype=np.int32)
 """FreeSurfer values of the 69 parcellation channels (0, 1001..1035 without 1004, 2001..)."""
-"""Channel *indices* left out of the QC crop's bounding box. The original compares with 24 meaning
-CSF (label 24, index 16) but uses it as an index: label 47 in SynthSeg 2.0. Kept for fidelity."""
 
 
 @dataclass(frozen=True)
@@ -231,6 +231,19 @@ def postprocess_parcellation(parcellation: np.ndarray, segmentation: Segmentatio
     labels = segmentation.labels.astype(np.int32, copy=True)
     labels[cortex] = PARCELLATION_VALUES[np.argmax(post[:, cortex], axis=0)]
     return Segmentation(posteriors=post, labels=labels)
+
+
+def uncrop(array: np.ndarray, pre: Preprocessed) -> np.ndarray:
+    """Results of a cropped scan's box on the whole aligned grid (2.10): labels (x, y, z) are 0
+    outside the box, posteriors (x, y, z, C) 0 there except background (channel 0), which is 1.
+    Without a crop, ``array`` itself."""
+    if pre.crop is None:
+        return array
+    out = np.zeros(tuple(pre.aligned_shape) + array.shape[3:], dtype=array.dtype)
+    if array.ndim == 4:
+        out[..., 0] = 1
+    out[pre.crop] = array
+    return out
 
 
 def to_native(array: np.ndarray, pre: Preprocessed) -> np.ndarray:

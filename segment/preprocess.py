@@ -4,15 +4,30 @@
 
 Order, as in the original: resample to the working resolution (in the native voxel order, only
 when a header voxel size is off by more than the tolerance) -> align to RAS by permutation/flips
--> (CT clip) -> clip to the 0.5th/99.5th percentiles of all voxels and rescale to [0, 1] -> zero
-pad every axis to max(ceil32(size), 128), floor(d/2) voxels before and ceil(d/2) after.
+-> (crop) -> (CT clip) -> clip to the 0.5th/99.5th percentiles of all voxels and rescale to [0, 1]
+-> zero pad every axis to max(ceil32(size), ceil32(128 or the crop size)), floor(d/2) voxels
+before and ceil(d/2) after.
 
-Resampling (2.3): per native axis, factor f = |affine column| / resolution (f < 1: finer than the
-working resolution); Gaussian anti-aliasing with sigma = 0.25/f voxels on every axis with f <= 1
-(also an axis already at the working resolution), none on upsampled axes; new samples at old
-voxel coordinates -(f-1)/(2f) + k/f, k < ceil(n f), clamped to [0, n-1]; trilinear
-interpolation, done as three exact 1-D linear interpolations; new affine columns A/f and
+Crop (the original's --crop, 2.5): each size rounded up to a multiple of 32; a centred box of the
+aligned volume, start = max(floor((n - c) / 2), 0), stop = min(start + c, n); only the box is
+normalised (its percentiles) and analysed, the rest of the scan becomes background.
+
+Resampling (2.3) happens when a header voxel size (float32 as stored) is above resolution + tol or
+below resolution - tol, compared in float64 as the original does (0.95 mm, stored 0.94999999, is
+resampled; 1.05 mm, stored 1.04999995, is not). Per native axis, factor f = |affine column| /
+resolution (f < 1: finer than the working resolution), the norm taken of the affine as read (the
+float32 sform in float64); Gaussian anti-aliasing with sigma = 0.25/f voxels on every axis with
+f <= 1 (also an axis already at the working resolution), none on upsampled axes; new samples at old
+voxel coordinates ``np.arange(s0, s0 + step * ceil(n f), step)`` with s0 = -(f-1)/(2f) and
+step = 1/f, exactly the original's float expression (its length is not always ceil(n f): 6 mm
+stored as 5.99999996 gives 181 slices from 30, 0.8 mm stored as 0.800000012 gives 129 from 160,
+2.5 mm gives 49 from 19; ``s0 + ceil(n f)/f`` as the stop would differ in about 10 % of cases),
+clamped to [0, n-1];
+trilinear interpolation, done as three exact 1-D linear interpolations; new affine columns A/f and
 translation t - A' (f-1)/2 (voxel corners of both grids coincide at the start of each axis).
+
+Without resampling, the voxel volume is the float32 product of the float32 header sizes, as the
+original's soft volumes use it (0.88473594 mm^3 for 0.96 mm voxels).
 """
 
 from __future__ import annotations
@@ -27,8 +42,8 @@ from morphometry.io import Scan
 from morphometry.orientation import RasAlignment, ras_alignment
 
 _TRUNCATE = 4.0  # Gaussian kernel radius = int(truncate * sigma + 0.5) voxels, as scipy
-_COUNT_ROUNDING = 1e-4  # n*f within this of an integer counts as that integer (affine float noise)
 _SAMPLE = 65536  # subsample size used to bracket percentiles
+_NORMALISE_VOXELS = 1 << 20  # voxels normalised at a time in float64
 _GOLDEN = 0.6180339887498949
 
 
@@ -43,10 +58,13 @@ class PreprocessConfig:
     percentiles: tuple[float, float] = (0.5, 99.5)  # robust min/max over all voxels, percent
     ct_window: tuple[float, float] | None = None  # (0, 80) Hounsfield units for CT
     max_grid_voxels: int = 400**3  # refuse larger working grids (33 float32 posteriors: 8.4 GB)
+    crop: tuple[int, int, int] | None = None  # analyse a centred box of this many voxels along R, A, S
 
     def __post_init__(self) -> None:
         if not self.resolution_mm > 0:
             raise ValueError(f"resolution_mm must be > 0, got {self.resolution_mm}")
+        if self.crop is not None and (len(self.crop) != 3 or min(self.crop) < 1):
+            raise ValueError(f"crop must be 3 sizes >= 1 (voxels along R, A, S), got {self.crop}")
         if self.size_multiple < 1 or self.min_size < 1:
             raise ValueError("size_multiple and min_size must be >= 1")
         lo, hi = self.percentiles
@@ -61,9 +79,9 @@ class Preprocessed:
     """A scan ready for the networks, and what is needed to map results back.
 
     ``image`` is RAS-aligned, normalised to [0, 1] and zero padded; ``image[inner]`` is the aligned
-    volume. ``grid_image`` is the unnormalised image in native voxel order on the output grid
-    (``grid_affine``, ``grid_shape``): the resampled image when ``resampled`` (the ``--resampled``
-    output), else the input voxels.
+    volume, or its part ``crop`` (a box of the aligned grid) when cropped. ``grid_image`` is the
+    unnormalised image in native voxel order on the output grid (``grid_affine``, ``grid_shape``):
+    the resampled image when ``resampled`` (the ``--resampled`` output), else the input voxels.
     """
 
     image: np.ndarray
@@ -71,13 +89,16 @@ class Preprocessed:
     alignment: RasAlignment
     grid_affine: np.ndarray
     grid_shape: tuple[int, int, int]
-    voxel_volume_mm3: float
+    voxel_volume_mm3: float  # mm^3, a float32 value (the original's volumes are float32 products)
     resampled: bool
     grid_image: np.ndarray
     intensity_range: tuple[float, float]  # robust min and max mapped to 0 and 1 (after CT clip)
+    crop: tuple[slice, slice, slice] | None = None  # the analysed box of the aligned grid, if cropped
 
     def resampled_image(self) -> np.ndarray:
-        """``grid_image``: what ``--resampled`` writes (with ``grid_affine``) when ``resampled``."""
+        """``grid_image``: what ``--resampled`` writes (with ``grid_affine``) when ``resampled``, in
+        physical units; the original writes it with the input's header and on-disk type
+        (``morphometry.io.save_image(..., header=scan.header)``)."""
         return self.grid_image
 
     @property
@@ -94,25 +115,29 @@ def preprocess(scan: Scan, config: PreprocessConfig = PreprocessConfig()) -> Pre
     """Resample, align, normalise and pad ``scan`` for the networks (module docstring)."""
     data, affine, resampled = scan.data, scan.affine, needs_resampling(scan.info.zooms, config)
     factors = resampling_factors(affine, config.resolution_mm)
-    shape = tuple(_sample_count(n, f) for n, f in zip(data.shape, factors)) if resampled else data.shape
+    shape = tuple(len(sample_positions(n, f)) for n, f in zip(data.shape, factors)) if resampled else data.shape
     if math.prod(shape) > config.max_grid_voxels:
         raise InputError(f"{scan.path}: the working grid at {config.resolution_mm:g} mm would have {tuple(shape)} "
                          f"voxels (> limit {config.max_grid_voxels:,}); check the header voxel sizes")
     if resampled:
         data = resample(data, factors)
         affine = resampled_affine(affine, factors)
-        voxel_volume = config.resolution_mm**3
+        voxel_volume = np.float32(np.prod(np.full(3, config.resolution_mm)))
     else:
-        voxel_volume = float(np.prod(scan.info.zooms))
+        voxel_volume = np.prod(np.asarray(scan.info.zooms, dtype=np.float32), dtype=np.float32)
     # The alignment is that of the output grid (the original aligns after resampling); it equals
     # scan.info.alignment except, possibly, for oblique scans with anisotropic voxels.
     alignment = ras_alignment(affine)
-    source = data if config.ct_window is None else np.clip(data, *config.ct_window, dtype=np.float32)
-    lo, hi = robust_range(source, config.percentiles)
+    aligned = alignment.apply(data)
+    box = crop_box(aligned.shape, config)
+    if box is not None:
+        aligned = aligned[box]
+    if config.ct_window is not None:
+        aligned = np.clip(aligned, *config.ct_window, dtype=np.float32)
+    lo, hi = robust_range(aligned, config.percentiles)
     if not hi > lo:
         raise InputError(f"{scan.path}: intensities between the {config.percentiles[0]:g}th and "
                          f"{config.percentiles[1]:g}th percentiles are constant ({lo:g}); nothing to segment")
-    aligned = alignment.apply(source)
     padded, inner = _padded_shape(aligned.shape, config)
     image = np.zeros(padded, dtype=np.float32)
     normalise_into(aligned, lo, hi, image[inner])
@@ -120,27 +145,42 @@ def preprocess(scan: Scan, config: PreprocessConfig = PreprocessConfig()) -> Pre
         image=image, inner=inner, alignment=alignment, grid_affine=affine,
         grid_shape=tuple(int(s) for s in data.shape),  # type: ignore[arg-type]
         voxel_volume_mm3=float(voxel_volume), resampled=resampled, grid_image=data, intensity_range=(lo, hi),
+        crop=box,
     )
 
 
+def crop_box(shape: tuple[int, ...], config: PreprocessConfig) -> tuple[slice, slice, slice] | None:
+    """The centred box of ``config.crop`` (each size rounded up to size_multiple) in an aligned grid of
+    ``shape``: start = max(floor((n - c) / 2), 0), stop = min(start + c, n); None without a crop."""
+    if config.crop is None:
+        return None
+    sizes = [_ceil_multiple(c, config.size_multiple) for c in config.crop]
+    starts = [max((n - c) // 2, 0) for n, c in zip(shape, sizes)]
+    return tuple(slice(a, min(a + c, n)) for a, c, n in zip(starts, sizes, shape))  # type: ignore[return-value]
+
+
 def needs_resampling(zooms: tuple[float, ...], config: PreprocessConfig) -> bool:
-    """True if any header voxel size differs from the working resolution by more than the tolerance."""
-    return any(abs(z - config.resolution_mm) > config.resample_tolerance_mm for z in zooms[:3])
+    """True if any header voxel size (mm, the stored float32 value) is above resolution + tolerance or
+    below resolution - tolerance, compared in float64 (the original's test)."""
+    high = config.resolution_mm + config.resample_tolerance_mm
+    low = config.resolution_mm - config.resample_tolerance_mm
+    return any(z > high or z < low for z in zooms[:3])
 
 
 def resampling_factors(affine: np.ndarray, resolution_mm: float) -> tuple[float, float, float]:
-    """f per native axis = voxel size from the affine column norm / working resolution."""
-    norms = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+    """f per native axis = voxel size from the affine column norm (mm) / working resolution (mm)."""
+    a = np.asarray(affine, dtype=np.float64)
+    norms = np.sqrt(np.sum(a * a, axis=0))[:3]  # the original's expression, to the last bit
     return tuple(float(n / resolution_mm) for n in norms)  # type: ignore[return-value]
 
 
-def _sample_count(n: int, f: float) -> int:
-    return max(1, math.ceil(n * f - _COUNT_ROUNDING))
-
-
 def sample_positions(n: int, f: float) -> np.ndarray:
-    """New sample positions along an axis of n voxels, in old voxel coordinates (clamped)."""
-    positions = -(f - 1.0) / (2.0 * f) + np.arange(_sample_count(n, f), dtype=np.float64) / f
+    """New sample positions along an axis of n voxels, in old voxel coordinates (clamped to [0, n-1]):
+    ``np.arange(s0, s0 + step * ceil(n f), step)`` with s0 = -(f-1)/(2f), step = 1/f, whose float
+    length decides the count."""
+    start = -(f - 1.0) / (2.0 * f)
+    step = 1.0 / f
+    positions = np.arange(start, start + step * math.ceil(n * f), step, dtype=np.float64)
     return np.clip(positions, 0.0, n - 1.0)
 
 
@@ -270,19 +310,28 @@ def _order_statistics(values: np.ndarray, k1: int, k2: int) -> tuple[float, floa
 
 
 def normalise_into(aligned: np.ndarray, lo: float, hi: float, out: np.ndarray) -> None:
-    """out = (clip(aligned, lo, hi) - lo) / (hi - lo), written in place (float32)."""
-    np.clip(aligned, lo, hi, out=out)
-    out -= np.float32(lo)
-    out /= np.float32(hi - lo)
+    """out = (clip(aligned, lo, hi) - lo) / (hi - lo), computed in float64 as the original (whose
+    network then reads it as float32) and written into the float32 ``out``, a few slices at a time."""
+    step = max(1, _NORMALISE_VOXELS // max(1, aligned[0].size))
+    for start in range(0, aligned.shape[0], step):
+        part = np.clip(aligned[start:start + step].astype(np.float64), lo, hi)
+        part -= lo
+        part /= hi - lo
+        out[start:start + step] = part
 
 
-def padded_size(n: int, config: PreprocessConfig) -> int:
-    """max(ceil_m(n), ceil_m(min_size)) with m = size_multiple."""
+def _ceil_multiple(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def padded_size(n: int, config: PreprocessConfig, minimum: int | None = None) -> int:
+    """max(ceil_m(n), ceil_m(minimum)) with m = size_multiple; minimum: min_size by default."""
     m = config.size_multiple
-    return max(-(-n // m) * m, -(-config.min_size // m) * m)
+    return max(_ceil_multiple(n, m), _ceil_multiple(config.min_size if minimum is None else minimum, m))
 
 
 def _padded_shape(shape: tuple[int, ...], config: PreprocessConfig) -> tuple[tuple[int, ...], tuple[slice, ...]]:
-    padded = tuple(padded_size(n, config) for n in shape)
+    minimums = config.crop or (config.min_size,) * 3  # the original pads a crop to the crop size
+    padded = tuple(padded_size(n, config, c) for n, c in zip(shape, minimums))
     inner = tuple(slice((p - n) // 2, (p - n) // 2 + n) for p, n in zip(padded, shape))
     return padded, inner  # type: ignore[return-value]

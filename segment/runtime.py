@@ -83,13 +83,16 @@ def _to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 class Engine:
-    """Runs a set of methods (and optional parcellation / QC) of one bundle on one scan at a time."""
+    """Runs a set of methods (and optional parcellation / QC) of one bundle on one scan at a time.
+
+    ``flip``: the left-right test-time flip of the ``synthseg`` stage (off in the original's --fast).
+    """
 
     def __init__(self, bundle: Bundle, methods: list[Method], config: RuntimeConfig = RuntimeConfig(),
-                 parc: bool = False, qc: bool = False):
+                 parc: bool = False, qc: bool = False, flip: bool = True):
         ort = _onnxruntime()
 
-        self.bundle, self.methods, self.config = bundle, methods, config
+        self.bundle, self.methods, self.config, self.flip = bundle, methods, config, flip
         for method in methods:
             require(bundle, method.roles, f"method {method.name}")
         if parc:
@@ -133,7 +136,7 @@ class Engine:
         if stage == "s2":
             return stages.s2_stage(net)
         if stage == "synthseg":
-            return stages.synthseg_stage(net, self._flip_channels())
+            return stages.synthseg_stage(net, self._flip_channels() if self.flip else None)
         return stages.relabel_stage(net)
 
     def _flip_channels(self) -> np.ndarray:

@@ -11,9 +11,11 @@ in memory (:meth:`Segmenter.segment`, from a file or a nibabel image) or many in
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -41,13 +43,21 @@ from morphometry.segment.batch import (
     write_provenance,
 )
 from morphometry.segment.bundle import Bundle, load_bundle, require, verify_bundle
-from morphometry.segment.methods import DEFAULT_METHOD, Method, resolve_methods
+from morphometry.segment.methods import DEFAULT_METHOD, METHODS, STAGES, Method, resolve_methods
 from morphometry.segment.models import STARTER_BUNDLE
 from morphometry.segment.preprocess import PreprocessConfig
 from morphometry.segment.runtime import DEVICES, Engine, RuntimeConfig
+from morphometry.segment.synthseg_files import subject_name
+from morphometry.segment.synthseg_tables import write_qc_csv, write_volumes_csv
 from morphometry.tables import order_columns
 
 IN_MEMORY_ID = "image"  # scan_id of a nibabel image without a file name, unless one is given
+CT_WINDOW = (0.0, 80.0)  # Hounsfield units kept with ct=True (mri_synthseg --ct)
+VOLUMES_FORMATS = ("tidy", "synthseg")  # segment_many(volumes_format=...)
+STARTER_WARNING = ("warning: segmenting with the starter bundle, a demonstration, not a measurement (mean Dice "
+                   "about 0.45 on held-out anatomy); for real volumes import the official weights with "
+                   "`morpho models import-freesurfer` (or import-keras) and pass the bundle")
+_starter_warned = False  # True once the starter warning was logged in this process
 
 
 @dataclass(frozen=True, eq=False)
@@ -139,27 +149,39 @@ class Segmenter:
     usable), ``cpu`` or ``cuda``; ``threads``: CPU threads of the networks (0: all cores);
     ``fp16``: float16 networks (CUDA only); ``parc``: cortical parcellation and parcel volumes
     (needs a ``parc`` network); ``qc``: ``qc_*`` scores (needs a ``qc`` network); ``full_cleanup``:
-    the topology clean-up of SynthSeg 2.0 for every method; ``workers``: threads that load,
-    preprocess, postprocess and write around inference in :meth:`segment_many`.
+    the topology clean-up of SynthSeg 2.0 for every method; ``fast``: ``mri_synthseg --fast`` for
+    every method, the fast postprocessing (no topology clean-up) and no left-right flip averaging;
+    ``parcel_reference``: what the parcel volumes sum to, ``white_matter`` (labels 2 + 41, as the
+    original's files) or ``cortex`` (3 + 42, what the original meant);
+    ``crop``: analyse only a centred box of 1 or 3 sizes (mm at the working resolution, along
+    R, A, S; rounded up to multiples of 32), the rest is background (``mri_synthseg --crop``);
+    ``ct``: clip intensities to [0, 80] (Hounsfield units) before normalising (``mri_synthseg
+    --ct``); ``workers``: threads that load, preprocess, postprocess and write around inference in
+    :meth:`segment_many`.
 
     The bundle is loaded and verified and the networks are started here, once; errors name the
-    setting at fault.
+    setting at fault. Segmenting with the starter bundle logs a one-line warning, once per process.
     """
 
     def __init__(self, models: str | os.PathLike | Bundle = "starter", methods: str | Iterable[str] = (DEFAULT_METHOD,),
                  device: str = "auto", threads: int = 0, *, fp16: bool = False, parc: bool = False, qc: bool = False,
-                 full_cleanup: bool = False, workers: int = 2):
+                 full_cleanup: bool = False, fast: bool = False, parcel_reference: str = "white_matter",
+                 crop: int | Iterable[int] | None = None, ct: bool = False, workers: int = 2):
         if device not in DEVICES:
             raise InputError(f"{device!r}: choose {', '.join(DEVICES)}", setting="device")
         self.runtime = RuntimeConfig(device=device, threads=_whole(threads, "threads", 0), fp16=bool(fp16))
         self.workers = _whole(workers, "workers", 1)
-        self.options = SegmentOptions(parc=bool(parc), qc=bool(qc), full_cleanup=bool(full_cleanup))
+        self.options = SegmentOptions(parc=bool(parc), qc=bool(qc), full_cleanup=bool(full_cleanup), fast=bool(fast),
+                                      parcel_reference=parcel_reference)
         self.methods: tuple[Method, ...] = _methods(methods)
         self.bundle = _bundle(models)
         self._verify()
-        self.engine = Engine(self.bundle, list(self.methods), self.runtime, parc=self.options.parc, qc=self.options.qc)
+        self.engine = Engine(self.bundle, list(self.methods), self.runtime, parc=self.options.parc, qc=self.options.qc,
+                             flip=not self.options.fast)
         self.limits = LoadLimits()
-        self._pre_config = PreprocessConfig(resolution_mm=self.bundle.resolution_mm, min_size=self.bundle.min_size)
+        self.preprocessing = PreprocessConfig(resolution_mm=self.bundle.resolution_mm, min_size=self.bundle.min_size,
+                                              ct_window=CT_WINDOW if ct else None, crop=_crop(crop))
+        _warn_if_starter(self.bundle)
 
     def _verify(self) -> None:
         for method in self.methods:
@@ -187,7 +209,20 @@ class Segmenter:
         return (f"Segmenter(models={str(self.bundle.root)!r}, methods={self.method_names!r}, "
                 f"device={self.runtime.device!r}, threads={self.runtime.threads}, fp16={self.runtime.fp16}, "
                 f"parc={self.options.parc}, qc={self.options.qc}, full_cleanup={self.options.full_cleanup}, "
+                f"fast={self.options.fast}, parcel_reference={self.options.parcel_reference!r}, "
+                f"crop={self.preprocessing.crop}, ct={self.preprocessing.ct_window is not None}, "
                 f"workers={self.workers})")
+
+    def fingerprint(self) -> str:
+        """A hash of everything that changes results: the bundle (its bundle.json, which holds every
+        network's hash), the methods as run, the options and the preprocessing."""
+        doc = {"bundle": self.bundle.sha256(), "methods": [asdict(m) for m in self.methods],
+               "options": asdict(self.options), "preprocessing": asdict(self.preprocessing), "fp16": self.runtime.fp16}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+    def synthseg_version(self, method: str) -> str:
+        """:func:`synthseg_version` of ``method`` with this segmenter's bundle."""
+        return synthseg_version(self.bundle, method)
 
     # -- one scan, in memory ---------------------------------------------------------------------
     def segment(self, image: str | os.PathLike | nib.spatialimages.SpatialImage, *, posteriors: bool = False,
@@ -202,11 +237,12 @@ class Segmenter:
         scan, identity = self._scan(image, scan_id)
         for warning in scan.warnings:
             log.warning(f"warning: {scan.path}: {warning}")
-        pre = prepare(scan, self._pre_config)
+        pre = prepare(scan, self.preprocessing)
         results = {}
         for net in network_outputs(self.engine, pre, self.options):
             out = finish_method(identity, scan, pre, net, model_id=self.bundle.model_id,
-                                full_cleanup=self.options.full_cleanup, keep_posteriors=posteriors)
+                                full_cleanup=self.options.full_cleanup, fast=self.options.fast,
+                                parcel_reference=self.options.parcel_reference, keep_posteriors=posteriors)
             post = None if out.posteriors is None else _nifti(out.posteriors, pre.grid_affine)
             row = order_columns(pd.DataFrame([out.row])).iloc[0].rename(None)
             results[net.method.name] = MethodResult(net.method.name, _nifti(out.labels, pre.grid_affine), post, row)
@@ -235,7 +271,8 @@ class Segmenter:
     # -- many scans, into a folder ---------------------------------------------------------------
     def segment_many(self, inputs: str | os.PathLike | Iterable[str | os.PathLike], out_dir: str | os.PathLike, *,
                      resume: bool = True, shard: str | Shard | None = None, progress: bool = True,
-                     posteriors: bool = False, resampled: bool = False, command=None) -> BatchResult:
+                     posteriors: bool = False, resampled: bool = False, volumes_format: str = "tidy",
+                     command=None) -> BatchResult:
         """Segment every scan of ``inputs`` (image files, folders searched recursively, BIDS
         datasets, manifest CSVs) into ``out_dir``, as ``morpho segment`` does.
 
@@ -246,8 +283,13 @@ class Segmenter:
         ``resume``: continue a batch already in ``out_dir`` (scans finished there are skipped,
         failed ones retried); False refuses a used folder. ``shard``: ``"K/N"`` or a
         :class:`~morphometry.segment.batch.Shard`, only the scans of shard K of N.
-        ``progress``: a bar on a terminal, else a log line every 5 %.
+        ``progress``: a bar on a terminal, else a log line every 5 %. ``volumes_format``:
+        ``"tidy"`` (the tables above) or ``"synthseg"``: also ``volumes_synthseg.csv`` (and with QC
+        ``qc_synthseg.csv``), the files ``mri_synthseg --vol/--qc`` writes, one row per finished
+        scan in path order (several methods: one file per method, ``volumes_synthseg_<method>.csv``).
         """
+        if volumes_format not in VOLUMES_FORMATS:
+            raise InputError(f"{volumes_format!r}: choose {', '.join(VOLUMES_FORMATS)}", setting="volumes_format")
         started = datetime.now(timezone.utc)
         records = discover([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs))
         if shard is not None:
@@ -264,7 +306,7 @@ class Segmenter:
         log.info(f"segmenting {len(todo)} scan(s) with {', '.join(self.method_names)} on {self.device}"
                  + (f" ({len(records) - len(todo)} already done)" if len(todo) < len(records) else ""))
         batch = SegmentBatch(self.bundle, self.engine, out, self.options, Outputs(posteriors, resampled),
-                             self.workers, self.limits)
+                             self.workers, self.limits, self.preprocessing)
         with Progress(len(todo), "segment", "scan", enabled=progress) as bar:
             succeeded, failed = batch.run(todo, bar)
         rows, _ = merge_outputs(out, metadata={"model_id": self.bundle.model_id})
@@ -272,10 +314,31 @@ class Segmenter:
                   "timings": dict(batch.timings)}
         if command is None:
             command = (f"{self!r}.segment_many({inputs!r}, {str(out)!r}, resume={resume}, shard={shard!r}, "
-                       f"posteriors={posteriors}, resampled={resampled})")
+                       f"posteriors={posteriors}, resampled={resampled}, volumes_format={volumes_format!r})")
         write_provenance(out, provenance(self.bundle, self.engine, command, counts, started))
         volumes, failures = _read_tables(out, rows)
+        if volumes_format == "synthseg":
+            self._write_synthseg_tables(volumes, out)
         return BatchResult(**counts, out_dir=out, volumes=volumes, failures=failures)
+
+    def _write_synthseg_tables(self, volumes: pd.DataFrame, out: Path) -> None:
+        """``volumes_synthseg.csv`` (+ ``qc_synthseg.csv``) per method: the original's layout, rows
+        sorted by path, subject = file name as the original writes it."""
+        for name in self.method_names:
+            mine = volumes[volumes["method"] == name].sort_values("path") if not volumes.empty else volumes
+            rows = [(subject_name(Path(row["path"])), row) for _, row in mine.iterrows()]
+            tag = "" if len(self.method_names) == 1 else f"_{name}"
+            write_volumes_csv(out / f"volumes_synthseg{tag}.csv", rows, self.options.parc,
+                              self.synthseg_version(name) == "1.0", self.options.parcel_reference)
+            if self.options.qc:
+                write_qc_csv(out / f"qc_synthseg{tag}.csv", rows)
+
+
+def synthseg_version(bundle: Bundle, method: str) -> str:
+    """``"1.0"`` when ``method`` ends with a SynthSeg 1.0 network of ``bundle`` (imported from 32
+    labels, no CSF: its CSF channel is empty), else ``"2.0"``; the original's CSV layouts differ."""
+    last = bundle.networks[STAGES[METHODS[method].chain[-1]][0]]
+    return "2.0" if 24 in last.architecture.get("source_labels", last.labels) else "1.0"
 
 
 def merge(sources: str | os.PathLike | Iterable[str | os.PathLike], out_dir: str | os.PathLike) -> MergeResult:
@@ -324,6 +387,26 @@ def _methods(methods) -> tuple[Method, ...]:
         return tuple(resolve_methods(names))
     except InputError as exc:
         raise exc.renamed("methods") from None
+
+
+def _crop(crop) -> tuple[int, int, int] | None:
+    """None, or 1 or 3 whole sizes >= 1 (mm) -> three sizes."""
+    if crop is None:
+        return None
+    sizes = [crop] if isinstance(crop, (int, np.integer)) else list(crop)
+    if len(sizes) not in (1, 3) or any(isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 1
+                                       for c in sizes):
+        raise InputError(f"give 1 or 3 whole sizes >= 1 (got {crop!r})", setting="crop")
+    return tuple(int(c) for c in sizes * (3 if len(sizes) == 1 else 1))  # type: ignore[return-value]
+
+
+def _warn_if_starter(bundle: Bundle) -> None:
+    """One warning line per process when the starter bundle segments."""
+    global _starter_warned
+    if _starter_warned or bundle.root.resolve() != STARTER_BUNDLE.resolve():
+        return
+    _starter_warned = True
+    log.warning(STARTER_WARNING)
 
 
 def _require(bundle: Bundle, roles: set[str], what: str, setting: str) -> None:

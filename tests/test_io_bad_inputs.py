@@ -10,7 +10,7 @@ import pytest
 from conftest import save
 
 from morphometry.errors import InputError
-from morphometry.io import LoadLimits, load_scan
+from morphometry.io import LoadLimits, check_image, load_scan
 
 
 def good(shape=(16, 16, 16)):
@@ -136,3 +136,27 @@ def test_mgz_and_spacing(tmp_path):
     assert scan.info.ras_spacing == pytest.approx((2.5, 1.2, 1.0))
     assert scan.info.slice_axis == "sagittal" and scan.info.slice_spacing == pytest.approx(2.5)
     assert scan.info.ras_shape == (28, 20, 24)
+
+
+def test_header_scaling_is_applied(tmp_path):
+    """Voxels in physical units: stored * scl_slope + scl_inter (the original's get_fdata)."""
+    stored = (good() * 1000).astype(np.int16)
+    img = nib.Nifti1Image(stored, np.eye(4))
+    img.header.set_slope_inter(2.0, 10.0)
+    p = tmp_path / "scaled.nii.gz"
+    nib.save(img, str(p))
+    np.testing.assert_array_equal(load_scan(p).data, stored.astype(np.float32) * 2 + 10)
+
+
+def test_an_image_in_memory_gets_the_affine_of_its_file(tmp_path):
+    """A NIfTI-1 file stores the sform in float32: the in-memory image is checked as saved and loaded,
+    so its working grid (from the affine's column norms) is the same."""
+    affine = np.diag([0.8, 0.8, 0.8, 1.0])
+    affine[:3, 3] = (-60.3, 71.1, 13.7)
+    img = nib.Nifti1Image(good((20, 20, 20)), affine)
+    p = tmp_path / "saved.nii.gz"
+    nib.save(img, str(p))
+    in_memory, from_file = check_image(img), load_scan(p)
+    np.testing.assert_array_equal(in_memory.affine, from_file.affine)
+    assert in_memory.affine[0, 0] == float(np.float32(0.8)) != 0.8
+    assert in_memory.info.zooms == from_file.info.zooms

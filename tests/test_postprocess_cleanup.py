@@ -77,6 +77,22 @@ def test_topology_classes_are_cleaned_as_unions():
     assert np.all(fast[box((20, 25))] == 3)
 
 
+def test_a_topology_class_with_no_voxel_above_the_threshold_is_zeroed_everywhere():
+    """Fixture README, difference 7: the largest component of an empty mask is empty, so all of the
+    class's channels become 0 (volume 0.0) even where their posterior was 0.2."""
+    cmap = np.zeros(PADDED, dtype=np.int64)
+    cmap[box((8, 16))] = CH[16]  # brain-stem 0.9: the foreground component
+    post = posteriors_from(cmap)
+    post[CH[17]][box((8, 16))] = 0.2  # left hippocampus (class 10) at 0.2 < 0.25 everywhere
+    post[CH[16]][box((8, 16))] = 0.7
+    seg = postprocess(post, LS, INNER, TOPOLOGY)
+    assert not seg.posteriors[CH[17]].any()
+    assert np.array_equal(seg.labels[crop(cmap > 0)], np.full(512, 16))
+    np.testing.assert_allclose(seg.posteriors[CH[16]][crop(cmap > 0)], 0.7 / 0.8, rtol=1e-6)
+    fast = postprocess(post, LS, INNER, FAST)  # compared in float32, as the original: float32(0.2) <= 0.2
+    assert not fast.posteriors[CH[17]].any()
+
+
 def test_padding_is_kept_during_the_topology_step_only():
     # a blob inside the volume touches the border and joins the main structure through the padding
     cmap = np.zeros(PADDED, dtype=np.int64)

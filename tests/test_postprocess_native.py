@@ -5,13 +5,14 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
-from morphometry.io import Scan, ScanInfo
+from morphometry.io import Scan, ScanInfo, save_image
 from morphometry.labels import SYNTHSEG_2
 from morphometry.orientation import ras_alignment
-from morphometry.segment.postprocess import PostprocessConfig, postprocess, to_native
+from morphometry.segment.postprocess import PostprocessConfig, postprocess, to_native, uncrop
 from morphometry.segment.preprocess import PreprocessConfig, preprocess
 
 
@@ -94,3 +95,61 @@ def test_shape_mismatch_is_refused():
     pre = preprocess(make_scan(np.random.default_rng(3).random((10, 11, 12)), np.eye(4)), PreprocessConfig())
     with pytest.raises(ValueError, match="does not match"):
         to_native(np.zeros((11, 10, 12)), pre)
+
+
+def _written(tmp_path, name, array, affine, header, dtype=None):
+    path = tmp_path / name
+    save_image(array, affine, path, header=header, dtype=dtype)
+    return nib.load(str(path))
+
+
+def test_outputs_carry_the_input_header_as_the_original_writes_them(tmp_path):
+    """nibabel rewrites the input's header where the affine changed: a resampled grid gets sform_code
+    2, qform_code 0 and 1 mm pixdims; a native grid keeps the input's codes and pixdims. Labels are
+    int32 and unscaled even when the input had scl_slope / scl_inter."""
+    affine = np.diag([1.2, -1.2, 3.0, 1.0])
+    source = nib.Nifti1Image((np.random.default_rng(0).random((10, 11, 12)) * 100).astype(np.int16), affine)
+    source.header.set_slope_inter(2.0, 10.0)
+    source.header.set_xyzt_units("mm", "sec")
+    source.set_sform(affine, code=1)
+    source.set_qform(affine, code=1)
+    nib.save(source, str(tmp_path / "in.nii.gz"))
+    header = nib.load(str(tmp_path / "in.nii.gz")).header
+    labels = np.arange(10 * 11 * 12, dtype=np.int32).reshape(10, 11, 12)
+    native = _written(tmp_path, "native.nii.gz", labels, affine, header, np.int32)
+    assert (int(native.header["sform_code"]), int(native.header["qform_code"])) == (1, 1)
+    np.testing.assert_allclose(native.header.get_zooms(), (1.2, 1.2, 3.0))
+    assert native.get_data_dtype() == np.int32 and native.header.get_slope_inter() == (None, None)
+    np.testing.assert_array_equal(np.asarray(native.dataobj), labels)
+    resampled_affine = np.diag([1.0, -1.0, 1.0, 1.0])
+    resampled = _written(tmp_path, "resampled.nii.gz", labels, resampled_affine, header, np.int32)
+    assert (int(resampled.header["sform_code"]), int(resampled.header["qform_code"])) == (2, 0)
+    np.testing.assert_array_equal(resampled.header["pixdim"][1:4], 1.0)
+    assert resampled.header.get_xyzt_units() == ("mm", "sec")
+    # the resampled image: the input's on-disk type, nibabel choosing the scaling
+    image = np.linspace(10, 900, labels.size, dtype=np.float32).reshape(labels.shape)
+    written = _written(tmp_path, "image.nii.gz", image, resampled_affine, header)
+    assert written.get_data_dtype() == np.int16
+    np.testing.assert_allclose(written.get_fdata(), image, atol=written.dataobj.slope)
+    fresh = _written(tmp_path, "fresh.nii.gz", image, resampled_affine, None)
+    assert fresh.get_data_dtype() == np.float32 and fresh.header.get_xyzt_units()[0] == "mm"
+
+
+def test_a_cropped_scan_gets_background_outside_the_box():
+    """2.10: labels 0 and posteriors (1, 0, ..., 0) outside the analysed box, then native order."""
+    affine = signed_permutation_affine((1, 2, 0), (1, -1, -1), (1.0, 1.0, 1.0))
+    data = np.random.default_rng(4).random((40, 50, 45)).astype(np.float32)
+    pre = preprocess(make_scan(data, affine), PreprocessConfig(crop=(32, 32, 32)))
+    box_shape = tuple(s.stop - s.start for s in pre.crop)
+    labels = np.full(box_shape, 17, dtype=np.int32)
+    post = np.full(box_shape + (3,), 0.25, dtype=np.float32)
+    full_labels, full_post = uncrop(labels, pre), uncrop(post, pre)
+    assert full_labels.shape == pre.aligned_shape and full_post.shape == pre.aligned_shape + (3,)
+    inside = np.zeros(pre.aligned_shape, dtype=bool)
+    inside[pre.crop] = True
+    assert np.all(full_labels[inside] == 17) and np.all(full_labels[~inside] == 0)
+    assert np.all(full_post[inside] == 0.25)
+    np.testing.assert_array_equal(full_post[~inside], np.tile([1.0, 0.0, 0.0], ((~inside).sum(), 1)))
+    assert to_native(full_labels, pre).shape == data.shape
+    uncropped = preprocess(make_scan(data, affine), PreprocessConfig())
+    assert uncrop(labels, uncropped) is labels

@@ -122,3 +122,22 @@ def test_config_is_validated():
         PreprocessConfig(percentiles=(99.5, 0.5))
     with pytest.raises(ValueError):
         PreprocessConfig(ct_window=(80.0, 0.0))
+
+
+def test_crop_is_a_centred_box_rounded_up_to_32_normalised_and_padded_on_its_own():
+    """The original's --crop (facts 2.5): sizes rounded up to 32, start = max(floor((n - c)/2), 0),
+    stop = min(start + c, n); percentiles of the box only; padded to max(ceil32(box), crop)."""
+    data = head_like((131, 129, 33), np.random.default_rng(4))  # aligned (129, 33, 131)
+    pre = preprocess(make_scan(data), PreprocessConfig(crop=(64, 20, 100)))
+    assert pre.crop == (slice(32, 96), slice(0, 32), slice(1, 129))  # (64, 32, 128) centred, axis 1 kept
+    aligned = np.flip(np.transpose(data, (1, 2, 0)), axis=(1, 2)).astype(np.float64)[pre.crop]
+    lo, hi = np.percentile(aligned, [0.5, 99.5])
+    assert pre.intensity_range == pytest.approx((lo, hi), rel=1e-6, abs=1e-6)
+    assert pre.image.shape == (64, 32, 128)  # the crop size is the minimum padding, not 128
+    assert pre.inner == (slice(0, 64), slice(0, 32), slice(0, 128))
+    np.testing.assert_allclose(pre.image[pre.inner], (np.clip(aligned, lo, hi) - lo) / (hi - lo), atol=1e-6)
+    assert pre.aligned_shape == (129, 33, 131) and pre.grid_shape == data.shape  # outputs: the whole scan
+    larger = preprocess(make_scan(data), PreprocessConfig(crop=(200, 200, 200)))
+    assert larger.crop == (slice(0, 129), slice(0, 33), slice(0, 131)) and larger.image.shape == (224,) * 3
+    with pytest.raises(ValueError, match="crop"):
+        PreprocessConfig(crop=(64, 64))

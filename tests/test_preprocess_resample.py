@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,15 @@ from scipy.interpolate import RegularGridInterpolator
 from morphometry.errors import InputError
 from morphometry.io import Scan, ScanInfo
 from morphometry.orientation import ras_alignment
-from morphometry.segment.preprocess import PreprocessConfig, gaussian_blur_axis, preprocess, resample, resampled_affine
+from morphometry.segment.preprocess import (
+    PreprocessConfig,
+    gaussian_blur_axis,
+    needs_resampling,
+    preprocess,
+    resample,
+    resampled_affine,
+    sample_positions,
+)
 
 
 def make_scan(data: np.ndarray, affine: np.ndarray, zooms=None) -> Scan:
@@ -46,14 +53,22 @@ def world_function(world: np.ndarray) -> np.ndarray:
     return 30.0 + 0.5 * world[..., 0] - 0.25 * world[..., 1] + 0.125 * world[..., 2]
 
 
+def original_positions(n: int, f: float) -> np.ndarray:
+    """The original's sample positions, written out: a float ``arange`` from s0 = -(f-1)/(2f) in steps
+    of 1/f up to s0 + (1/f) ceil(n f), in this float order (s0 + ceil(n f)/f gives another length in
+    about one case in ten, e.g. n = 19, f = 2.5)."""
+    start = -(f - 1) / (2 * f)
+    step = 1.0 / f
+    return np.arange(start, start + step * np.ceil(n * f), step)
+
+
 def reference_resample(data: np.ndarray, factors) -> np.ndarray:
     """The original's resampling recipe (README, Preprocessing) with scipy, in float64 (independent of morphometry.segment.preprocess)."""
     sigmas = [0.25 / f if f <= 1 else 0.0 for f in factors]
     blurred = ndimage.gaussian_filter(data.astype(np.float64), sigmas, mode="reflect", truncate=4.0)
     axes = []
     for n, f in zip(data.shape, factors):
-        count = math.ceil(n * f)
-        axes.append(np.clip(-(f - 1) / (2 * f) + np.arange(count) / f, 0, n - 1))
+        axes.append(np.clip(original_positions(n, f), 0, n - 1))
     points = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
     interpolator = RegularGridInterpolator([np.arange(n) for n in data.shape], blurred, method="linear")
     return interpolator(points)
@@ -86,8 +101,8 @@ def test_linear_world_function_is_reproduced_on_the_new_grid():
     scan = make_scan(world_function(native), affine)
     pre = preprocess(scan, PreprocessConfig())
     assert pre.resampled
-    factors = np.asarray(zooms)
-    assert pre.grid_shape == tuple(math.ceil(n * f) for n, f in zip(shape, factors))
+    factors = np.linalg.norm(affine[:3, :3], axis=0)
+    assert pre.grid_shape == tuple(len(original_positions(n, f)) for n, f in zip(shape, factors))
     new_world = voxel_grid(pre.grid_shape) @ pre.grid_affine[:3, :3].T + pre.grid_affine[:3, 3]
     expected = world_function(new_world)
     # interior: sample positions inside the old grid, away from the blur's reflected border
@@ -124,6 +139,30 @@ def test_sample_counts():
                       PreprocessConfig()).grid_shape == (16, 16, 150)
 
 
+@pytest.mark.parametrize(("n", "size", "count"), [
+    (30, 5.999999955450378, 181),  # e2e fixture flair_oblique: ceil(n f) = 180, the float arange gives 181
+    (160, float(np.float32(0.8)), 129),  # 0.8 mm stored as float32 (0.800000012): 128.0000019 -> 129
+    (24, 5.00000015, 121),  # issue 16: an oblique 5 mm axis whose column norm float32 rounding pushed up
+    (19, 2.5, 49),  # 47.5 -> ceil 48, and the arange adds one more
+    (16, 1.2000000476837158, 20),  # e2e fixture pd_coronal_flipped: 19.2 -> 20, no surprise
+])
+def test_sample_count_is_the_length_of_the_original_float_arange(n, size, count):
+    positions = sample_positions(n, size)
+    assert len(positions) == count == len(original_positions(n, size))
+    np.testing.assert_allclose(positions, np.clip(original_positions(n, size), 0, n - 1), rtol=0, atol=1e-12)
+
+
+def test_resampling_threshold_on_float32_header_sizes():
+    """Resampled when a stored size is > 1.05 or < 0.95 in float64: 0.95 mm (stored 0.94999999) is
+    resampled, 1.05 mm (stored 1.04999995) is not (fixture README, difference 3)."""
+    config = PreprocessConfig()
+    stored = lambda z: float(np.float32(z))  # noqa: E731
+    assert needs_resampling((1.0, 1.0, stored(0.95)), config)
+    assert not needs_resampling((1.0, 1.0, stored(1.05)), config)
+    assert not needs_resampling((stored(0.96),) * 3, config)
+    assert needs_resampling((1.0, 1.0, 1.0500001), config)
+
+
 def test_within_tolerance_is_not_resampled_and_keeps_the_native_voxel_volume():
     data = np.random.default_rng(1).random((20, 21, 22)).astype(np.float32)
     affine = np.diag([1.04, 0.96, 1.0, 1.0])
@@ -132,7 +171,8 @@ def test_within_tolerance_is_not_resampled_and_keeps_the_native_voxel_volume():
     assert pre.grid_shape == data.shape
     assert np.array_equal(pre.grid_image, data)
     assert np.array_equal(pre.grid_affine, affine)
-    assert pre.voxel_volume_mm3 == pytest.approx(1.04 * 0.96 * 1.0)
+    # the float32 product of the float32 sizes, as the original's volumes (0.99839997 here, not 0.9984)
+    assert pre.voxel_volume_mm3 == float(np.float32(1.04) * np.float32(0.96) * np.float32(1.0))
 
 
 def test_decision_uses_header_sizes_and_factor_uses_affine():

@@ -1,4 +1,5 @@
-"""``morpho models``: list, show and verify model bundles; import the official Keras weights."""
+"""``morpho models``: list, show and verify model bundles; import the official Keras weights (files,
+or all those of ``$FREESURFER_HOME/models`` at once)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ KIND_CHOICES = ("robust", "synthseg", "parc", "qc")  # the kinds of morphometry.
 def register(sub) -> None:
     models = sub.add_parser("models", help="list, show and verify model bundles")
     msub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
-    ls = msub.add_parser("list", help="bundles shipped with the package and in $MORPHO_MODELS")
+    ls = msub.add_parser("list", help="bundles shipped with the package, in $MORPHO_MODELS and in the user's "
+                                      "models folder")
     ls.set_defaults(func=run_models_list)
     show = msub.add_parser("show", help="networks, labels, resolution and provenance of a bundle")
     show.add_argument("bundle", type=Path)
@@ -22,6 +24,7 @@ def register(sub) -> None:
     verify.add_argument("bundle", type=Path)
     verify.set_defaults(func=run_models_verify)
     _register_import(msub)
+    _register_import_freesurfer(msub)
 
 
 def _register_import(msub) -> None:
@@ -47,6 +50,44 @@ def _register_import(msub) -> None:
                    help="bundle identifier recorded in bundle.json and in volume tables "
                         "(default: keras-<kinds>-<hash of the source files>)")
     p.set_defaults(func=run_import)
+
+
+def _register_import_freesurfer(msub) -> None:
+    p = msub.add_parser(
+        "import-freesurfer",
+        help="import the SynthSeg weights FreeSurfer ships ($FREESURFER_HOME/models) for morpho synthseg",
+        description="Import the official SynthSeg networks that FreeSurfer 7.3 and later ship in "
+                    "$FREESURFER_HOME/models, all at once: synthseg_2.0.h5, synthseg_robust_2.0.h5, "
+                    "synthseg_parc_2.0.h5 and synthseg_qc_2.0.h5 into one bundle, and synthseg_1.0.h5 (when "
+                    "present) with the parcellation and QC networks into a second bundle named <BUNDLE>-v1. "
+                    "morpho synthseg finds them there without --models; morpho segment takes them with "
+                    "--models BUNDLE. Needs neither TensorFlow nor FreeSurfer's Python.")
+    p.add_argument("--freesurfer-home", type=Path, default=None, metavar="DIR",
+                   help="the FreeSurfer folder (default: $FREESURFER_HOME)")
+    p.add_argument("-o", "--output", type=Path, default=None, metavar="BUNDLE_DIR",
+                   help="bundle folder to create (default: freesurfer in the first folder of $MORPHO_MODELS, "
+                        "else in $XDG_DATA_HOME/morphometry/models, i.e. ~/.local/share/morphometry/models); "
+                        "morpho synthseg looks for freesurfer/ in $MORPHO_MODELS and that folder")
+    p.add_argument("--model-id", default=None,
+                   help="bundle identifier recorded in bundle.json and in volume tables "
+                        "(default: freesurfer-<version from $FREESURFER_HOME/build-stamp.txt>; -v1 for SynthSeg 1.0)")
+    p.set_defaults(func=run_import_freesurfer,
+                   flags={"freesurfer_home": "--freesurfer-home", "out": "--output", "model_id": "--model-id"})
+
+
+def run_import_freesurfer(args: argparse.Namespace) -> int:
+    from morphometry.segment.freesurfer_import import import_freesurfer
+    from morphometry.segment.methods import supported_methods
+
+    done = import_freesurfer(args.freesurfer_home, args.output, args.model_id)
+    for bundle in (done.bundle, done.v1):
+        if bundle is not None:
+            files = ", ".join(record["file"] for record in bundle.provenance["files"])
+            print(f"bundle {bundle.model_id} written to {bundle.root} from {files}; methods: "
+                  f"{', '.join(supported_methods(set(bundle.networks))) or 'none'}")
+    if done.missing:
+        print(f"not found (not imported): {', '.join(done.missing)}")
+    return 0
 
 
 def run_import(args: argparse.Namespace) -> int:

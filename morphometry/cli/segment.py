@@ -12,7 +12,8 @@ from morphometry.segment.models import STARTER_BUNDLE as DEFAULT_BUNDLE
 # settings of the Segmenter and of segment_many -> the flags that set them
 FLAGS = {"models": "--models", "methods": "--method", "device": "--device", "threads": "--threads",
          "workers": "--workers", "fp16": "--fp16", "parc": "--parc", "qc": "--qc", "full_cleanup": "--full-cleanup",
-         "resume": "--resume", "shard": "--shard"}
+         "fast": "--fast", "parcel_reference": "--parcel-reference", "resume": "--resume", "shard": "--shard",
+         "volumes_format": "--volumes-format"}
 
 
 def register(sub) -> None:
@@ -46,6 +47,17 @@ def register(sub) -> None:
     p.add_argument("--full-cleanup", action="store_true",
                    help="apply the topology clean-up of SynthSeg 2.0 to every method, for fair comparisons "
                         "(default: each method is postprocessed as the original does)")
+    p.add_argument("--fast", action="store_true",
+                   help="mri_synthseg --fast for every method: the fast postprocessing (no topology clean-up) and "
+                        "no left-right flip averaging")
+    p.add_argument("--parcel-reference", choices=("white_matter", "cortex"), default="white_matter",
+                   help="with --parc, what the parcel volumes are rescaled to sum to: the cerebral white matter "
+                        "(labels 2 + 41, as mri_synthseg's files) or the cerebral cortex (3 + 42, what it meant) "
+                        "(default: white_matter)")
+    p.add_argument("--volumes-format", choices=("tidy", "synthseg"), default="tidy",
+                   help="synthseg: also write OUT/volumes_synthseg.csv (and with --qc OUT/qc_synthseg.csv) in "
+                        "mri_synthseg's layout, one row per scan in path order (several methods: one file per "
+                        "method, volumes_synthseg_<method>.csv) (default: tidy, the tables only)")
     p.add_argument("--resume", action="store_true",
                    help="continue a batch in OUT: skip scans already finished, retry failed ones")
     p.add_argument("--shard", default=None, metavar="K/N",
@@ -66,11 +78,12 @@ def run_segment(args: argparse.Namespace) -> int:
     from morphometry.segment.segmenter import Segmenter
 
     segmenter = Segmenter(args.models or "starter", args.method or (DEFAULT_METHOD,), args.device, args.threads,
-                          fp16=args.fp16, parc=args.parc, qc=args.qc, full_cleanup=args.full_cleanup,
-                          workers=args.workers)
+                          fp16=args.fp16, parc=args.parc, qc=args.qc, full_cleanup=args.full_cleanup, fast=args.fast,
+                          parcel_reference=args.parcel_reference, workers=args.workers)
     result = segmenter.segment_many(args.inputs, args.out, resume=args.resume, shard=args.shard,
                                     progress=args.verbosity >= 0, posteriors=args.posteriors,
-                                    resampled=args.resampled, command=["morpho", *sys.argv[1:]])
+                                    resampled=args.resampled, volumes_format=args.volumes_format,
+                                    command=["morpho", *sys.argv[1:]])
     failures = len(result.failures)
     log.info(f"done: {result.succeeded} segmented, {result.failed} failed, {result.skipped} skipped; "
              f"{len(result.volumes)} rows in {args.out / 'volumes.parquet'}"

@@ -25,7 +25,7 @@ import pandas as pd
 
 from morphometry.errors import InputError, ModelError
 from morphometry.inputs import discover
-from morphometry.io import LoadLimits, Scan, check_image, load_scan
+from morphometry.io import LoadLimits, Scan, check_image, load_scan, output_image
 from morphometry.progress import Progress, log
 from morphometry.segment import journal
 from morphometry.segment.batch import (
@@ -243,9 +243,11 @@ class Segmenter:
             out = finish_method(identity, scan, pre, net, model_id=self.bundle.model_id,
                                 full_cleanup=self.options.full_cleanup, fast=self.options.fast,
                                 parcel_reference=self.options.parcel_reference, keep_posteriors=posteriors)
-            post = None if out.posteriors is None else _nifti(out.posteriors, pre.grid_affine)
+            post = (None if out.posteriors is None else
+                    output_image(out.posteriors, pre.grid_affine, scan.header, dtype=np.float32))
             row = order_columns(pd.DataFrame([out.row])).iloc[0].rename(None)
-            results[net.method.name] = MethodResult(net.method.name, _nifti(out.labels, pre.grid_affine), post, row)
+            labels = output_image(out.labels, pre.grid_affine, scan.header, dtype=np.int32)
+            results[net.method.name] = MethodResult(net.method.name, labels, post, row)
         return Segmentation(identity["scan_id"], results, tuple(scan.warnings))
 
     def _scan(self, image, scan_id: str | None) -> tuple[Scan, dict]:
@@ -420,10 +422,3 @@ def _whole(value, setting: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise InputError(f"must be a whole number >= {minimum} (got {value!r})", setting=setting)
     return int(value)
-
-
-def _nifti(array: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
-    """The image ``morphometry.io.save_image`` writes for ``array``."""
-    img = nib.Nifti1Image(array, affine)
-    img.header.set_xyzt_units("mm")
-    return img

@@ -136,7 +136,7 @@ def prepare(scan: Scan, config: PreprocessConfig) -> Preprocessed:
 
 def network_outputs(engine: Engine, pre: Preprocessed, options: SegmentOptions) -> Iterator[NetworkOutput]:
     """Run every method of ``engine`` (and parcellation / QC as ``options`` ask) on a preprocessed scan."""
-    for method, handles, posteriors in engine.segment(pre.image):
+    for method, handles, posteriors in engine.segment(pre.network_image):
         parc = engine.parcellate(handles) if options.parc else None
         qc = engine.quality(handles) if options.qc else None
         yield NetworkOutput(method, posteriors, parc, qc)
@@ -154,11 +154,12 @@ def finish_method(identity: dict, scan: Scan, pre: Preprocessed, net: NetworkOut
     ``keep_posteriors`` returns the posteriors too. Volumes are computed as the original does
     (:mod:`morphometry.volumes`); of a cropped scan (``pre.crop``) only the box is analysed, the rest
     is background, and the structure sums are float64 as the original's (over the box: the
-    original's sums over the whole grid only add zeros).
+    original's sums over the whole grid only add zeros). With a head window (``pre.window``) the
+    networks' outputs cover the window; the rest of the grid is background.
     """
     start = time.perf_counter()
     config = PostprocessConfig(topology=(net.method.topology or full_cleanup) and not fast, in_place=True)
-    seg = postprocess(net.posteriors, SYNTHSEG_2, pre.inner, config)
+    seg = postprocess(net.posteriors, SYNTHSEG_2, pre.network_inner, config)
     row = {key: identity[key] for key in ("scan_id", "subject_id", "session_id", "path")}
     row.update(method=net.method.name, model_id=model_id, **scan.info.acquisition_columns())
     row.update({k: v for k, v in identity.items() if k not in row})
@@ -166,7 +167,7 @@ def finish_method(identity: dict, scan: Scan, pre: Preprocessed, net: NetworkOut
     row.update(volumes_from_sums(sums, SYNTHSEG_2, pre.voxel_volume_mm3))
     labels = seg.labels
     if net.parcellation is not None:
-        parcellated = postprocess_parcellation(net.parcellation, seg, pre.inner)
+        parcellated = postprocess_parcellation(net.parcellation, seg, pre.network_inner)
         labels = parcellated.labels
         parcel_sums = channel_sums(parcellated.posteriors[1:])
         row.update(parcel_volumes(parcel_sums, sums, SYNTHSEG_2, pre.voxel_volume_mm3, parcel_reference))
@@ -356,16 +357,17 @@ def write_provenance(out_dir: Path, doc: dict) -> None:
 def provenance(bundle: Bundle, engine: Engine, command, result: dict, started: datetime) -> dict:
     """What ran, on what, with which models: ``command`` (argv list or text) and ``result`` (counts
     and ``timings``, seconds per stage)."""
-    import onnxruntime as ort
     import scipy
 
+    versions = engine.backend.versions()
+    providers = versions.pop("providers", None)
     return {
         "tool": "morphometry", "version": __version__, "command": command,
         "started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(),
         "platform": platform.platform(), "python": platform.python_version(),
-        "versions": {"onnxruntime": ort.__version__, "numpy": np.__version__, "nibabel": nib.__version__,
-                     "scipy": scipy.__version__},
-        "device": engine.device, "providers": ort.get_available_providers(),
+        "versions": {**versions, "numpy": np.__version__, "nibabel": nib.__version__, "scipy": scipy.__version__},
+        "device": engine.device, "engine": engine.engine, "precision": engine.config.precision,
+        "threads": engine.config.threads, **({"providers": providers} if providers else {}),
         "bundle": {"path": str(bundle.root), "model_id": bundle.model_id, "bundle_json_sha256": bundle.sha256(),
                    "networks": {r: n.sha256 for r, n in bundle.networks.items()},
                    "provenance": bundle.provenance},

@@ -234,15 +234,16 @@ def postprocess_parcellation(parcellation: np.ndarray, segmentation: Segmentatio
 
 
 def uncrop(array: np.ndarray, pre: Preprocessed) -> np.ndarray:
-    """Results of a cropped scan's box on the whole aligned grid (2.10): labels (x, y, z) are 0
-    outside the box, posteriors (x, y, z, C) 0 there except background (channel 0), which is 1.
-    Without a crop, ``array`` itself."""
-    if pre.crop is None:
+    """Results of the analysed box (``pre.analysed_box``: the crop, 2.10, and/or the head window)
+    on the whole aligned grid: labels (x, y, z) are 0 outside the box, posteriors (x, y, z, C) 0
+    there except background (channel 0), which is 1. Without a box, ``array`` itself."""
+    box = pre.analysed_box
+    if box is None:
         return array
     out = np.zeros(tuple(pre.aligned_shape) + array.shape[3:], dtype=array.dtype)
     if array.ndim == 4:
         out[..., 0] = 1
-    out[pre.crop] = array
+    out[box] = array
     return out
 
 

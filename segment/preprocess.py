@@ -6,7 +6,7 @@ Order, as in the original: resample to the working resolution (in the native vox
 when a header voxel size is off by more than the tolerance) -> align to RAS by permutation/flips
 -> (crop) -> (CT clip) -> clip to the 0.5th/99.5th percentiles of all voxels and rescale to [0, 1]
 -> zero pad every axis to max(ceil32(size), ceil32(128 or the crop size)), floor(d/2) voxels
-before and ceil(d/2) after.
+before and ceil(d/2) after -> (head window, ours, not the original's: :func:`head_window`).
 
 Crop (the original's --crop, 2.5): each size rounded up to a multiple of 32; a centred box of the
 aligned volume, start = max(floor((n - c) / 2), 0), stop = min(start + c, n); only the box is
@@ -45,6 +45,7 @@ _TRUNCATE = 4.0  # Gaussian kernel radius = int(truncate * sigma + 0.5) voxels, 
 _SAMPLE = 65536  # subsample size used to bracket percentiles
 _NORMALISE_VOXELS = 1 << 20  # voxels normalised at a time in float64
 _GOLDEN = 0.6180339887498949
+_HEAD_SLICE_FRACTION = 0.002  # share of a slice's voxels that must be head for the slice to count
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,9 @@ class PreprocessConfig:
     ct_window: tuple[float, float] | None = None  # (0, 80) Hounsfield units for CT
     max_grid_voxels: int = 400**3  # refuse larger working grids (33 float32 posteriors: 8.4 GB)
     crop: tuple[int, int, int] | None = None  # analyse a centred box of this many voxels along R, A, S
+    head_window: bool = False  # networks see the head's box plus a margin, not the whole padded image
+    head_threshold: float = 0.1  # normalised intensity above which a voxel counts as head
+    head_margin_mm: float = 24.0  # added to the head's box on every side, mm
 
     def __post_init__(self) -> None:
         if not self.resolution_mm > 0:
@@ -70,6 +74,8 @@ class PreprocessConfig:
         lo, hi = self.percentiles
         if not 0 <= lo < hi <= 100:
             raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
+        if not 0 <= self.head_threshold < 1 or self.head_margin_mm < 0:
+            raise ValueError("head_threshold must be in [0, 1) and head_margin_mm >= 0")
         if self.ct_window is not None and not self.ct_window[0] < self.ct_window[1]:
             raise ValueError(f"ct_window must be (low, high) with low < high, got {self.ct_window}")
 
@@ -79,7 +85,8 @@ class Preprocessed:
     """A scan ready for the networks, and what is needed to map results back.
 
     ``image`` is RAS-aligned, normalised to [0, 1] and zero padded; ``image[inner]`` is the aligned
-    volume, or its part ``crop`` (a box of the aligned grid) when cropped. ``grid_image`` is the
+    volume, or its part ``crop`` (a box of the aligned grid) when cropped. The networks see
+    ``image[window]`` (:attr:`network_image`; all of it when ``window`` is None). ``grid_image`` is the
     unnormalised image in native voxel order on the output grid (``grid_affine``, ``grid_shape``):
     the resampled image when ``resampled`` (the ``--resampled`` output), else the input voxels.
     """
@@ -94,6 +101,30 @@ class Preprocessed:
     grid_image: np.ndarray
     intensity_range: tuple[float, float]  # robust min and max mapped to 0 and 1 (after CT clip)
     crop: tuple[slice, slice, slice] | None = None  # the analysed box of the aligned grid, if cropped
+    window: tuple[slice, slice, slice] | None = None  # the box of ``image`` the networks see, if not all
+
+    @property
+    def network_image(self) -> np.ndarray:
+        """What the networks segment: ``image[window]`` (a contiguous copy), or ``image``."""
+        return self.image if self.window is None else np.ascontiguousarray(self.image[self.window])
+
+    @property
+    def network_inner(self) -> tuple[slice, slice, slice]:
+        """The box of :attr:`network_image` that holds (part of) the analysed volume."""
+        if self.window is None:
+            return self.inner
+        return tuple(slice(max(w.start, i.start) - w.start, min(w.stop, i.stop) - w.start)  # type: ignore[return-value]
+                     for w, i in zip(self.window, self.inner))
+
+    @property
+    def analysed_box(self) -> tuple[slice, slice, slice] | None:
+        """The box of the aligned grid that ``network_image[network_inner]`` covers; None: all of it.
+        Outside it everything is background."""
+        if self.window is None:
+            return self.crop
+        offsets = [0, 0, 0] if self.crop is None else [c.start for c in self.crop]
+        return tuple(slice(max(w.start, i.start) - i.start + o, min(w.stop, i.stop) - i.start + o)  # type: ignore[return-value]
+                     for w, i, o in zip(self.window, self.inner, offsets))
 
     def resampled_image(self) -> np.ndarray:
         """``grid_image``: what ``--resampled`` writes (with ``grid_affine``) when ``resampled``, in
@@ -141,12 +172,49 @@ def preprocess(scan: Scan, config: PreprocessConfig = PreprocessConfig()) -> Pre
     padded, inner = _padded_shape(aligned.shape, config)
     image = np.zeros(padded, dtype=np.float32)
     normalise_into(aligned, lo, hi, image[inner])
+    window = head_window(image, inner, config) if config.head_window else None
     return Preprocessed(
         image=image, inner=inner, alignment=alignment, grid_affine=affine,
         grid_shape=tuple(int(s) for s in data.shape),  # type: ignore[arg-type]
         voxel_volume_mm3=float(voxel_volume), resampled=resampled, grid_image=data, intensity_range=(lo, hi),
-        crop=box,
+        crop=box, window=window,
     )
+
+
+def head_window(image: np.ndarray, inner: tuple[slice, ...], config: PreprocessConfig) -> tuple[slice, ...] | None:
+    """The box of the padded ``image`` the networks need to see: the head plus a margin.
+
+    Head = voxels whose normalised intensity exceeds ``head_threshold``; per axis, the first and
+    last slice of ``image[inner]`` holding at least 0.2 % of such voxels (isolated noise in the
+    air is ignored), widened by ``head_margin_mm`` on both sides, both ends rounded outwards to
+    multiples of ``size_multiple`` (the image's size is one, so the window stays inside it, and
+    the networks' pooling blocks stay those of the whole image). None when that is the whole
+    image (a head that fills the field of view), or when no slice qualifies.
+
+    Outside the window the networks would see air; their outputs there are removed by the
+    postprocessing anyway (only the largest foreground component is kept), but every layer's
+    zero padding at the window's faces differs from the features of air the whole-image run has
+    there, and a U-Net's receptive field carries that difference into the brain: opt-in, with
+    the agreement measured in docs/benchmarks.md.
+    """
+    mask = image[inner] > config.head_threshold
+    margin = math.ceil(config.head_margin_mm / config.resolution_mm)
+    window = []
+    for axis in range(3):
+        others = tuple(a for a in range(3) if a != axis)
+        counts = np.count_nonzero(mask, axis=others)
+        slices = np.flatnonzero(counts >= max(1, _HEAD_SLICE_FRACTION * math.prod(mask.shape[a] for a in others)))
+        if slices.size == 0:
+            return None
+        lo = inner[axis].start + int(slices[0]) - margin
+        hi = inner[axis].start + int(slices[-1]) + 1 + margin
+        m = config.size_multiple
+        start = max(lo, 0) // m * m
+        stop = min(_ceil_multiple(hi, m), image.shape[axis])
+        window.append(slice(start, stop))
+    if all(w.stop - w.start == n for w, n in zip(window, image.shape)):
+        return None
+    return tuple(window)
 
 
 def crop_box(shape: tuple[int, ...], config: PreprocessConfig) -> tuple[slice, slice, slice] | None:

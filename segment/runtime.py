@@ -1,8 +1,14 @@
-"""ONNX Runtime execution of method chains, with intermediates kept on the device.
+"""Execution of method chains on an engine (ONNX Runtime or OpenVINO), intermediates kept in place.
 
-Each stage graph (morphometry.segment.stages) gets one InferenceSession. Stages are run with I/O binding: the
-image is uploaded once per scan, each stage's output stays an OrtValue on the device and is bound
-as the next stage's input, and only a method's final posteriors are copied to the host.
+Each stage graph (morphometry.segment.stages) is compiled once by the engine. Per scan the image
+is uploaded once, each stage's output stays where the engine keeps it (on the GPU with ONNX
+Runtime's CUDA provider) and is fed to the next stage, and only a method's final posteriors are
+copied to the host.
+
+Engines (``RuntimeConfig.engine``): ``onnxruntime`` (CPU or CUDA, precisions fp32 and, on CUDA,
+fp16) and ``openvino`` (CPU, precisions fp32 and bf16); ``auto`` takes ONNX Runtime on a GPU and
+OpenVINO on the CPU when it is installed (1.8 times ONNX Runtime's speed on the official
+networks, docs/benchmarks.md), else ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -19,8 +25,12 @@ from morphometry.errors import InputError, ModelError
 from morphometry.segment import stages
 from morphometry.segment.bundle import Bundle, require
 from morphometry.segment.methods import STAGES, Method
+from morphometry.segment.openvino_backend import OpenVinoBackend, openvino_installed
+from morphometry.segment.ort_backend import OrtBackend, cuda_works
 
 DEVICES = ("auto", "cpu", "cuda")  # the choices of RuntimeConfig.device
+ENGINES = ("auto", "onnxruntime", "openvino")  # the choices of RuntimeConfig.engine
+PRECISIONS = ("fp32", "fp16", "bf16")  # the choices of RuntimeConfig.precision
 
 
 @dataclass(frozen=True)
@@ -28,58 +38,54 @@ class RuntimeConfig:
     """Where and how networks run."""
 
     device: str = "auto"  # auto | cpu | cuda
-    threads: int = 0  # intra-op threads on the CPU; 0 = ONNX Runtime's default (all cores)
-    fp16: bool = False  # convert networks to float16 (CUDA only)
+    threads: int = 0  # intra-op threads on the CPU; 0 = the engine's default (all cores)
+    precision: str = "fp32"  # fp32 | fp16 (CUDA, ONNX Runtime) | bf16 (CPU with AVX512-BF16/AMX, OpenVINO)
+    engine: str = "auto"  # auto | onnxruntime | openvino
     device_id: int = 0
 
 
-def _onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise ModelError("ONNX Runtime is not installed: pip install 'morphometry-mri[cpu]' "
-                         "(or 'morphometry-mri[gpu]' on a CUDA machine)") from None
-    return onnxruntime
-
-
-def cuda_works() -> bool:
-    """True when the CUDA provider is built in *and* starts (its libraries load) on this machine."""
-    from onnx import TensorProto, helper
-
-    ort = _onnxruntime()
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return False
-    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", io[:1], io[1:])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    try:
-        session = ort.InferenceSession(model.SerializeToString(),
-                                       providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
-    except Exception:  # a provider that fails to load raises many types
-        return False
-    return session.get_providers()[0] == "CUDAExecutionProvider"
-
-
 def choose_device(config: RuntimeConfig) -> str:
-    """``cuda`` or ``cpu`` for the requested device (auto: CUDA when it works here)."""
+    """``cuda`` or ``cpu`` for the requested device (auto: CUDA when it works here, except for
+    OpenVINO or bf16, which run on the CPU)."""
     if config.device not in DEVICES:
         raise InputError(f"{config.device!r}: choose {', '.join(DEVICES)}", setting="device")
-    has_cuda = config.device != "cpu" and cuda_works()
+    cpu_only = config.engine == "openvino" or config.precision == "bf16"
+    if config.device == "cuda" and cpu_only:
+        what = "OpenVINO" if config.engine == "openvino" else "bf16"
+        raise InputError(f"{what} runs on the CPU; use device cpu (or auto)", setting="device")
+    has_cuda = config.device != "cpu" and not cpu_only and cuda_works()
     if config.device == "cuda" and not has_cuda:
         raise InputError("CUDA is not usable here (needs onnxruntime-gpu and the CUDA libraries, see README)",
                          setting="device")
     device = "cuda" if has_cuda else "cpu"
-    if config.fp16 and device != "cuda":
-        raise InputError("needs a CUDA device (float16 kernels are slow or missing on the CPU)", setting="fp16")
+    if config.precision == "fp16" and device != "cuda":
+        raise InputError("needs a CUDA device (float16 kernels are slow or missing on the CPU; on a CPU with "
+                         "AVX512-BF16 or AMX use bf16)", setting="precision")
     return device
 
 
-def _to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
-    try:
-        from onnxconverter_common import float16
-    except ImportError:
-        raise InputError("needs onnxconverter-common (pip install 'morphometry-mri[gpu]')", setting="fp16") from None
-    return float16.convert_float_to_float16(model, keep_io_types=True)
+def choose_engine(config: RuntimeConfig, device: str) -> str:
+    """``onnxruntime`` or ``openvino`` for ``config`` on ``device`` (module docstring)."""
+    if config.engine not in ENGINES:
+        raise InputError(f"{config.engine!r}: choose {', '.join(ENGINES)}", setting="engine")
+    if config.precision not in PRECISIONS:
+        raise InputError(f"{config.precision!r}: choose {', '.join(PRECISIONS)}", setting="precision")
+    if config.engine != "auto":
+        engine = config.engine
+    else:
+        engine = "openvino" if device == "cpu" and (openvino_installed() or config.precision == "bf16") \
+            else "onnxruntime"
+    if engine == "onnxruntime" and config.precision == "bf16":
+        raise InputError("bf16 needs the openvino engine", setting="precision")
+    return engine
+
+
+def make_backend(config: RuntimeConfig):
+    """The engine's backend for ``config``: :class:`OrtBackend` or :class:`OpenVinoBackend`."""
+    device = choose_device(config)
+    if choose_engine(config, device) == "openvino":
+        return OpenVinoBackend(config.threads, config.precision)
+    return OrtBackend(device, config.threads, config.precision, config.device_id)
 
 
 class Engine:
@@ -90,8 +96,6 @@ class Engine:
 
     def __init__(self, bundle: Bundle, methods: list[Method], config: RuntimeConfig = RuntimeConfig(),
                  parc: bool = False, qc: bool = False, flip: bool = True):
-        ort = _onnxruntime()
-
         self.bundle, self.methods, self.config, self.flip = bundle, methods, config, flip
         for method in methods:
             require(bundle, method.roles, f"method {method.name}")
@@ -99,27 +103,24 @@ class Engine:
             require(bundle, {"parc"}, "parcellation")
         if qc:
             require(bundle, {"qc"}, "QC")
-        self.device = choose_device(config)
+        self.backend = make_backend(config)
         self.timings: dict[str, float] = defaultdict(float)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Without the arena each run returns its memory: several stage sessions would otherwise each
-        # keep the peak of their largest run (GBs per session for a padded 1 mm head with 33 labels).
-        options.enable_cpu_mem_arena = False
-        if config.threads:
-            options.intra_op_num_threads = config.threads
-            options.inter_op_num_threads = 1
-        self._providers = (
-            [("CUDAExecutionProvider", {"device_id": config.device_id}), "CPUExecutionProvider"]
-            if self.device == "cuda" else ["CPUExecutionProvider"]
-        )
-        self._options = options
-        needed = {s for m in methods for s in m.chain}
-        self.sessions = {name: self._session(self._stage_model(name)) for name in needed}
+        for name in {s for m in methods for s in m.chain}:
+            self.backend.compile(name, self._stage_model(name))
         if parc:
-            self.sessions["parc"] = self._session(stages.parcellation_stage(self._network("parc")))
+            self.backend.compile("parc", stages.parcellation_stage(self._network("parc")))
         if qc:
-            self.sessions["qc"] = self._session(stages.qc_stage(self._network("qc")))
+            self.backend.compile("qc", stages.qc_stage(self._network("qc")))
+
+    @property
+    def device(self) -> str:
+        """``cpu`` or ``cuda``."""
+        return self.backend.device
+
+    @property
+    def engine(self) -> str:
+        """``onnxruntime`` or ``openvino``."""
+        return self.backend.name
 
     def _network(self, role: str) -> onnx.ModelProto:
         try:
@@ -144,42 +145,27 @@ class Engine:
 
         return SYNTHSEG_2.flip_channels
 
-    def _session(self, model: onnx.ModelProto):
-        import onnxruntime as ort
-
-        if self.config.fp16:
-            model = _to_fp16(model)
-        return ort.InferenceSession(model.SerializeToString(), self._options, providers=self._providers)
-
     def _run(self, name: str, feeds: dict):
-        """Run one stage with I/O binding; the single output stays on the device."""
-        session = self.sessions[name]
-        binding = session.io_binding()
-        for key, value in feeds.items():
-            binding.bind_ortvalue_input(key, value)
-        binding.bind_output(session.get_outputs()[0].name, self.device, self.config.device_id)
+        """Run one stage; its output stays where the engine keeps it."""
         start = time.perf_counter()
-        session.run_with_iobinding(binding)
-        binding.synchronize_outputs()
+        out = self.backend.run(name, feeds)
         self.timings[name] += time.perf_counter() - start
-        return binding.get_outputs()[0]
+        return out
 
     def upload(self, image: np.ndarray):
-        """(X, Y, Z) float32 image -> device tensor (1, 1, X, Y, Z)."""
-        import onnxruntime as ort
-
-        array = np.ascontiguousarray(image[None, None], dtype=np.float32)
-        return ort.OrtValue.ortvalue_from_numpy(array, self.device, self.config.device_id)
+        """(X, Y, Z) float32 image -> engine tensor (1, 1, X, Y, Z)."""
+        return self.backend.upload(np.asarray(image, dtype=np.float32)[None, None])
 
     def segment(self, image: np.ndarray) -> Iterator[tuple[Method, object, np.ndarray]]:
         """Yield (method, device posteriors, host posteriors (C, X, Y, Z)) for every method.
 
-        Results of shared chain prefixes are computed once and released when no later method
-        needs them.
+        Results of shared chain prefixes are computed once; a stage's output is released as soon
+        as the next stage has run on it, unless a later method starts from it.
         """
         x = self.upload(image)
         cache: dict[tuple[str, ...], object] = {}
         for i, method in enumerate(self.methods):
+            later = self.methods[i + 1:]
             previous = None
             for k, stage in enumerate(method.chain):
                 key = method.chain[: k + 1]
@@ -192,20 +178,20 @@ class Engine:
                         feeds["previous"] = previous
                     cache[key] = self._run(stage, feeds)
                 previous = cache[key]
+                for old in [c for c in cache if c != key and not any(m.chain[: len(c)] == c for m in later)]:
+                    del cache[old]
             start = time.perf_counter()
-            host = previous.numpy()[0]
+            host = self.backend.host(previous)[0]
             self.timings["download"] += time.perf_counter() - start
-            later = self.methods[i + 1:]
-            for key in list(cache):
-                if not any(m.chain[: len(key)] == key for m in later):
-                    del cache[key]
+            if not any(m.chain[: len(method.chain)] == method.chain for m in later):
+                del cache[method.chain]
             yield method, (x, previous), host
 
     def parcellate(self, handles) -> np.ndarray:
         """Parcellation posteriors (69, X, Y, Z) from the image and a method's device posteriors."""
         x, posteriors = handles
-        return self._run("parc", {"image": x, "previous": posteriors}).numpy()[0]
+        return self.backend.host(self._run("parc", {"image": x, "previous": posteriors}))[0]
 
     def quality(self, handles) -> np.ndarray:
         """The 9 raw QC network outputs for a method's device posteriors."""
-        return self._run("qc", {"previous": handles[1]}).numpy()[0]
+        return self.backend.host(self._run("qc", {"previous": handles[1]}))[0]

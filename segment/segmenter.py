@@ -11,10 +11,13 @@ in memory (:meth:`Segmenter.segment`, from a file or a nibabel image) or many in
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,8 +26,12 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from morphometry.atomic import atomic_write
+from morphometry.dicom_convert import convert_series
+from morphometry.dicom_records import COVARIATE_COLUMNS
+from morphometry.dicom_series import DicomOptions
 from morphometry.errors import InputError, ModelError
-from morphometry.inputs import discover
+from morphometry.inputs import ScanRecord, Survey, discover, survey
 from morphometry.io import LoadLimits, Scan, check_image, load_scan, output_image
 from morphometry.progress import Progress, log
 from morphometry.segment import journal
@@ -147,7 +154,12 @@ class Segmenter:
     :class:`~morphometry.segment.bundle.Bundle`. ``methods``: names of
     :data:`morphometry.segment.methods.METHODS` (or one name). ``device``: ``auto`` (CUDA when
     usable), ``cpu`` or ``cuda``; ``threads``: CPU threads of the networks (0: all cores);
-    ``fp16``: float16 networks (CUDA only); ``parc``: cortical parcellation and parcel volumes
+    ``precision``: ``fp32``, ``fp16`` (CUDA only) or ``bf16`` (CPUs with AVX512-BF16 or AMX, OpenVINO);
+    ``engine``: ``auto`` (OpenVINO on the CPU when installed, else ONNX Runtime), ``onnxruntime`` or
+    ``openvino``; ``head_window``: run the networks on the head's bounding box plus a margin
+    instead of the whole padded field of view (:func:`~morphometry.segment.preprocess.head_window`;
+    faster on scans with much air, results differ from the whole-image run, README);
+    ``parc``: cortical parcellation and parcel volumes
     (needs a ``parc`` network); ``qc``: ``qc_*`` scores (needs a ``qc`` network); ``full_cleanup``:
     the topology clean-up of SynthSeg 2.0 for every method; ``fast``: ``mri_synthseg --fast`` for
     every method, the fast postprocessing (no topology clean-up) and no left-right flip averaging;
@@ -164,12 +176,14 @@ class Segmenter:
     """
 
     def __init__(self, models: str | os.PathLike | Bundle = "starter", methods: str | Iterable[str] = (DEFAULT_METHOD,),
-                 device: str = "auto", threads: int = 0, *, fp16: bool = False, parc: bool = False, qc: bool = False,
+                 device: str = "auto", threads: int = 0, *, precision: str = "fp32", engine: str = "auto",
+                 head_window: bool = False, parc: bool = False, qc: bool = False,
                  full_cleanup: bool = False, fast: bool = False, parcel_reference: str = "white_matter",
                  crop: int | Iterable[int] | None = None, ct: bool = False, workers: int = 2):
         if device not in DEVICES:
             raise InputError(f"{device!r}: choose {', '.join(DEVICES)}", setting="device")
-        self.runtime = RuntimeConfig(device=device, threads=_whole(threads, "threads", 0), fp16=bool(fp16))
+        self.runtime = RuntimeConfig(device=device, threads=_whole(threads, "threads", 0), precision=precision,
+                                     engine=engine)
         self.workers = _whole(workers, "workers", 1)
         self.options = SegmentOptions(parc=bool(parc), qc=bool(qc), full_cleanup=bool(full_cleanup), fast=bool(fast),
                                       parcel_reference=parcel_reference)
@@ -180,7 +194,8 @@ class Segmenter:
                              flip=not self.options.fast)
         self.limits = LoadLimits()
         self.preprocessing = PreprocessConfig(resolution_mm=self.bundle.resolution_mm, min_size=self.bundle.min_size,
-                                              ct_window=CT_WINDOW if ct else None, crop=_crop(crop))
+                                              ct_window=CT_WINDOW if ct else None, crop=_crop(crop),
+                                              head_window=bool(head_window))
         _warn_if_starter(self.bundle)
 
     def _verify(self) -> None:
@@ -207,17 +222,20 @@ class Segmenter:
 
     def __repr__(self) -> str:
         return (f"Segmenter(models={str(self.bundle.root)!r}, methods={self.method_names!r}, "
-                f"device={self.runtime.device!r}, threads={self.runtime.threads}, fp16={self.runtime.fp16}, "
+                f"device={self.runtime.device!r}, threads={self.runtime.threads}, "
+                f"precision={self.runtime.precision!r}, engine={self.runtime.engine!r}, "
                 f"parc={self.options.parc}, qc={self.options.qc}, full_cleanup={self.options.full_cleanup}, "
                 f"fast={self.options.fast}, parcel_reference={self.options.parcel_reference!r}, "
                 f"crop={self.preprocessing.crop}, ct={self.preprocessing.ct_window is not None}, "
+                f"head_window={self.preprocessing.head_window}, "
                 f"workers={self.workers})")
 
     def fingerprint(self) -> str:
         """A hash of everything that changes results: the bundle (its bundle.json, which holds every
         network's hash), the methods as run, the options and the preprocessing."""
         doc = {"bundle": self.bundle.sha256(), "methods": [asdict(m) for m in self.methods],
-               "options": asdict(self.options), "preprocessing": asdict(self.preprocessing), "fp16": self.runtime.fp16}
+               "options": asdict(self.options), "preprocessing": asdict(self.preprocessing),
+               "precision": self.runtime.precision}
         return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
     def synthseg_version(self, method: str) -> str:
@@ -274,7 +292,8 @@ class Segmenter:
     def segment_many(self, inputs: str | os.PathLike | Iterable[str | os.PathLike], out_dir: str | os.PathLike, *,
                      resume: bool = True, shard: str | Shard | None = None, progress: bool = True,
                      posteriors: bool = False, resampled: bool = False, volumes_format: str = "tidy",
-                     command=None) -> BatchResult:
+                     command=None, series_filter: str | None = None, keep_identifiers: bool = False,
+                     id_key: str | os.PathLike | None = None) -> BatchResult:
         """Segment every scan of ``inputs`` (image files, folders searched recursively, BIDS
         datasets, manifest CSVs) into ``out_dir``, as ``morpho segment`` does.
 
@@ -289,11 +308,23 @@ class Segmenter:
         ``"tidy"`` (the tables above) or ``"synthseg"``: also ``volumes_synthseg.csv`` (and with QC
         ``qc_synthseg.csv``), the files ``mri_synthseg --vol/--qc`` writes, one row per finished
         scan in path order (several methods: one file per method, ``volumes_synthseg_<method>.csv``).
+
+        DICOM (folders of series, zip archives, manifest rows naming a series folder): each usable
+        series is converted once into ``converted/<scan_id>.nii.gz`` (kept for ``resume``) and
+        segmented; its acquisition columns join its rows; ``skipped.csv`` lists the series and
+        files left out with reasons, ``covariates.csv`` age and sex for ``morpho fit-ageing``.
+        Ids are keyed pseudonyms (:mod:`morphometry.identity`, key file ``id_key``, created on first
+        use); ``keep_identifiers`` also writes patient identifiers in clear. ``series_filter``:
+        conditions on tags (:class:`~morphometry.dicom_series.SeriesFilter`); CT series are kept
+        when this Segmenter has ``ct``.
         """
         if volumes_format not in VOLUMES_FORMATS:
             raise InputError(f"{volumes_format!r}: choose {', '.join(VOLUMES_FORMATS)}", setting="volumes_format")
         started = datetime.now(timezone.utc)
-        records = discover([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs))
+        dicom = DicomOptions(series_filter, self.preprocessing.ct_window is not None, bool(keep_identifiers),
+                             None if id_key is None else Path(id_key))
+        found = survey([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs), dicom)
+        records = found.records
         if shard is not None:
             if not isinstance(shard, Shard):
                 shard = Shard.parse(shard)
@@ -302,9 +333,11 @@ class Segmenter:
         if journal.entries(out) and not resume:
             raise InputError(f"{out} already holds results of an earlier batch; resume it or choose another "
                              "output folder", setting="resume")
+        _write_dicom_tables(out, found, records, dicom)
         done = journal.finished(out, list(self.method_names))
         todo = [r for r in records if r.scan_id not in done]
         remove_partial_writes(out)
+        todo, convert_failed = _convert_dicom(todo, out, self.workers, progress)
         log.info(f"segmenting {len(todo)} scan(s) with {', '.join(self.method_names)} on {self.device}"
                  + (f" ({len(records) - len(todo)} already done)" if len(todo) < len(records) else ""))
         batch = SegmentBatch(self.bundle, self.engine, out, self.options, Outputs(posteriors, resampled),
@@ -312,11 +345,14 @@ class Segmenter:
         with Progress(len(todo), "segment", "scan", enabled=progress) as bar:
             succeeded, failed = batch.run(todo, bar)
         rows, _ = merge_outputs(out, metadata={"model_id": self.bundle.model_id})
-        counts = {"total": len(todo), "succeeded": succeeded, "failed": failed, "skipped": len(records) - len(todo),
-                  "timings": dict(batch.timings)}
+        total = len(todo) + convert_failed
+        counts = {"total": total, "succeeded": succeeded, "failed": failed + convert_failed,
+                  "skipped": len(records) - total, "timings": dict(batch.timings)}
         if command is None:
             command = (f"{self!r}.segment_many({inputs!r}, {str(out)!r}, resume={resume}, shard={shard!r}, "
-                       f"posteriors={posteriors}, resampled={resampled}, volumes_format={volumes_format!r})")
+                       f"posteriors={posteriors}, resampled={resampled}, volumes_format={volumes_format!r}, "
+                       f"series_filter={series_filter!r}, keep_identifiers={keep_identifiers}, "
+                       f"id_key={None if id_key is None else str(id_key)!r})")
         write_provenance(out, provenance(self.bundle, self.engine, command, counts, started))
         volumes, failures = _read_tables(out, rows)
         if volumes_format == "synthseg":
@@ -356,6 +392,70 @@ def merge(sources: str | os.PathLike | Iterable[str | os.PathLike], out_dir: str
     rows, _ = merge_outputs(out, folders)
     volumes, failures = _read_tables(out, rows)
     return MergeResult(out, volumes, failures)
+
+
+SKIPPED_COLUMNS = ("scan_id", "path", "series_description", "reason")  # skipped.csv
+CONVERTED_DIR = "converted"  # OUT/converted/<scan_id>.nii.gz: DICOM series as NIfTI
+
+
+def _write_dicom_tables(out: Path, found: Survey, records: list[ScanRecord], dicom: DicomOptions) -> None:
+    """``skipped.csv`` (series and files left out, with reasons) and ``covariates.csv`` (age, sex
+    of the DICOM scans of ``records``) when the inputs hold DICOM; InputError when no scan is left."""
+    if not found.skipped and not any(r.series is not None for r in records):
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    skipped = pd.DataFrame([asdict(s) for s in found.skipped], columns=list(SKIPPED_COLUMNS))
+    atomic_write(out / "skipped.csv", lambda tmp: skipped.to_csv(tmp, index=False))
+    mine = {r.scan_id for r in records}
+    covariates = pd.DataFrame([c for c in found.covariates if c["scan_id"] in mine], columns=list(COVARIATE_COLUMNS))
+    atomic_write(out / "covariates.csv", lambda tmp: covariates.sort_values("scan_id").to_csv(tmp, index=False))
+    if found.skipped:
+        log.info(f"{len(found.skipped)} DICOM series or file(s) left out, reasons in {out / 'skipped.csv'}")
+    if dicom.keep_identifiers:
+        log.warning(f"warning: writing patient identifiers in clear into {out} (--keep-identifiers)")
+    if not found.records:
+        raise InputError(f"no usable scans: {len(found.skipped)} series or file(s) left out, reasons in "
+                         f"{out / 'skipped.csv'}")
+
+
+def _convert_dicom(records: list[ScanRecord], out: Path, workers: int, progress: bool) -> tuple[list[ScanRecord], int]:
+    """Convert the DICOM series of ``records`` into ``OUT/converted/<scan_id>.nii.gz`` (a file
+    already there, from an earlier run, is kept); return the records to segment, with the
+    converted paths, and how many conversions failed (journaled as failures of stage convert)."""
+    folder = out / CONVERTED_DIR
+    dicom = [r for r in records if r.series is not None and not (folder / f"{r.scan_id}.nii.gz").is_file()]
+    if folder.is_dir():  # leftovers of a killed conversion
+        for leftover in [*folder.glob(".convert-*"), *folder.glob(".*.nii.gz*")]:
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+    failed: set[str] = set()
+
+    def one(rec: ScanRecord) -> None:
+        try:
+            convert_series(rec.series, folder / f"{rec.scan_id}.nii.gz", rec.scan_id)
+            return
+        except InputError as exc:
+            message = str(exc)
+        except Exception as exc:  # an unreadable dcm2niix output, a full disk: this series fails, the batch goes on
+            message = f"{rec.scan_id}: conversion failed ({type(exc).__name__}: {exc})"
+        failed.add(rec.scan_id)
+        journal.record(out, {"scan_id": rec.scan_id, "path": str(rec.path), "warnings": [], "status": "failed",
+                             "stage": "convert", "error": message})
+        log.warning(f"failed: {message}")
+
+    if dicom:
+        with Progress(len(dicom), "convert", "series", enabled=progress) as bar, \
+                ThreadPoolExecutor(workers, thread_name_prefix="convert") as pool:
+            for _ in pool.map(one, dicom):
+                bar.update(1)
+    kept = []
+    for rec in records:
+        if rec.series is None:
+            kept.append(rec)
+        elif rec.scan_id not in failed:
+            if rec.extra.get("dicom_flags"):
+                log.warning(f"warning: {rec.scan_id}: {rec.extra['dicom_flags']}")
+            kept.append(dataclasses.replace(rec, path=folder / f"{rec.scan_id}.nii.gz"))
+    return kept, len(failed)
 
 
 def _read_tables(out: Path, rows: int) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -22,6 +22,8 @@ and resampled images of every scan are checked without them.
 
 from __future__ import annotations
 
+import importlib.util
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -66,6 +68,7 @@ pytestmark = pytest.mark.skipif(not available(), reason=f"e2e-original or keras-
 
 RUN_OF = {"default": "synthseg", "parc": "synthseg", "fast": "fast", "robust": "robust", "robust_parc": "robust"}
 IDENTITY = {"subject_id": None, "session_id": None, "path": None}
+INSTALLED_ENGINES = [e for e in ("onnxruntime", "openvino") if importlib.util.find_spec(e)]
 
 
 def _summary(mode: str, scan_name: str, pre, out) -> dict:
@@ -90,12 +93,13 @@ def _preprocessed(bundle, scan_name: str):
 class Runs:
     """Pipeline runs of the fixture scans, computed on first use and summarised per mode."""
 
-    def __init__(self, bundle, prepared):
+    def __init__(self, bundle, prepared, engine: str):
         self.prepared, self.done = prepared, {}
+        config = RuntimeConfig(device="cpu", engine=engine)
         self.engines = {
-            "synthseg": Engine(bundle, [METHODS["synthseg"]], RuntimeConfig(device="cpu"), parc=True),
-            "fast": Engine(bundle, [METHODS["synthseg"]], RuntimeConfig(device="cpu"), flip=False),
-            "robust": Engine(bundle, [METHODS["synthseg+"]], RuntimeConfig(device="cpu"), parc=True, qc=True),
+            "synthseg": Engine(bundle, [METHODS["synthseg"]], config, parc=True),
+            "fast": Engine(bundle, [METHODS["synthseg"]], config, flip=False),
+            "robust": Engine(bundle, [METHODS["synthseg+"]], config, parc=True, qc=True),
         }
 
     def __call__(self, mode: str, scan_name: str) -> dict:
@@ -145,9 +149,10 @@ def prepared(bundle):
     return get
 
 
-@pytest.fixture(scope="module")
-def runs(bundle, prepared):
-    return Runs(bundle, prepared)
+@pytest.fixture(scope="module", params=INSTALLED_ENGINES)
+def runs(bundle, prepared, request):
+    """Every mode's results, once per installed inference engine (all fp32)."""
+    return Runs(bundle, prepared, request.param)
 
 
 def assert_same_grid(result: dict) -> None:

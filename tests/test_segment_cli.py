@@ -202,6 +202,7 @@ def test_cuda_or_fp16_refused_without_cuda(tiny_bundle, scan_folder, tmp_path, c
     assert main(["segment", str(scan_folder), "-o", str(tmp_path / "a"), "--models", str(tiny_bundle.root),
                  "--device", "cuda"]) == 2
     assert "CUDA is not usable here" in capsys.readouterr().err
-    assert main(["segment", str(scan_folder), "-o", str(tmp_path / "b"), "--models", str(tiny_bundle.root),
-                 "--fp16"]) == 2
-    assert "--fp16: needs a CUDA device" in capsys.readouterr().err
+    for flags in (["--fp16"], ["--precision", "fp16"]):
+        assert main(["segment", str(scan_folder), "-o", str(tmp_path / "b"), "--models", str(tiny_bundle.root),
+                     *flags]) == 2
+        assert "--precision: needs a CUDA device" in capsys.readouterr().err

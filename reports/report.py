@@ -1,7 +1,8 @@
 """``report``: one self-contained HTML page with the paper's figures and tables for a cohort.
 
 Sections appear for the inputs given: cohort (Fig. S3), segmentation summary, evaluation (Fig. 5),
-ageing (Fig. 6, S5, S6, annual % change, outliers) and provenance. Every figure is also written as
+ageing (Fig. 6, S5, S6, annual % change, outliers), normative centiles (centile charts, site
+effects, flags and z profiles) and provenance. Every figure is also written as
 PNG and PDF into ``<report>_figures/`` beside the page. Inputs are output folders and tables, or
 the results objects of the Python API (:mod:`morphometry.reports.report_inputs`).
 """
@@ -25,11 +26,13 @@ from morphometry.reports.html import Page
 from morphometry.reports.report_inputs import (
     AgeingTables,
     EvaluationTables,
+    NormsTables,
     VolumesInput,
     describe,
     join_report_covariates,
     read_ageing,
     read_evaluation,
+    read_norms,
     read_planted,
     read_volumes_inputs,
 )
@@ -40,7 +43,8 @@ PREFERRED_STRUCTURES = ("hippocampus", "lateral_ventricle", "cerebral_cortex", "
 
 
 def report(out: str | Path, *, volumes=(), ageing=None, evaluation=None, covariates=None,
-           structures: tuple[str, ...] = (), planted=None, title: str = "morphometry report") -> Path:
+           structures: tuple[str, ...] = (), planted=None, norms=None, norm_scores=None,
+           title: str = "morphometry report") -> Path:
     """Write the report page ``out`` (e.g. ``report.html``) and its figures; return the page's path.
 
     ``volumes``: volumes tables (paths or DataFrames, one or several); ``covariates``: a table
@@ -48,18 +52,23 @@ def report(out: str | Path, *, volumes=(), ageing=None, evaluation=None, covaria
     ``morpho fit-ageing`` or an ``AgeingFit``; ``evaluation``: an output folder of
     ``morpho evaluate`` or an ``EvaluationResult``; ``structures``: the structures of Fig. 6
     (default: a few of PREFERRED_STRUCTURES that were fitted); ``planted``: known curves
-    (structure, age_years, volume_mm3; path or DataFrame) drawn in Fig. 6. Give at least one of
-    volumes, ageing and evaluation.
+    (structure, age_years, volume_mm3; path or DataFrame) drawn in Fig. 6; ``norms``: an output
+    folder of ``morpho norms fit`` or a ``NormsModel``; ``norm_scores``: an output folder of
+    ``morpho norms score`` or ``NormsScores`` (scans drawn over the centiles, flags, z profiles).
+    Give at least one of volumes, ageing, evaluation and norms.
     """
     out = Path(out)
     structures = (structures,) if isinstance(structures, str) else tuple(structures)
     volume_inputs = read_volumes_inputs(volumes)
-    if not (volume_inputs or ageing is not None or evaluation is not None):
-        raise InputError("nothing to report: give volumes, ageing and/or evaluation")
+    if not (volume_inputs or ageing is not None or evaluation is not None or norms is not None):
+        raise InputError("nothing to report: give volumes, ageing, evaluation and/or norms")
+    if norm_scores is not None and norms is None:
+        raise InputError("norm scores need the norms model they were scored with", setting="norm_scores")
     described = {"title": title, "volumes": [describe(v.path if v.path is not None else v.table)
                                              for v in volume_inputs]}
     described.update((name, describe(value)) for name, value in (
         ("ageing", ageing), ("evaluation", evaluation), ("covariates", covariates), ("planted", planted),
+        ("norms", norms), ("norm_scores", norm_scores),
         ("structures", ", ".join(structures) or None)) if value is not None)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as scratch:
@@ -69,6 +78,7 @@ def report(out: str | Path, *, volumes=(), ageing=None, evaluation=None, covaria
             ageing=read_ageing(ageing, Path(scratch)) if ageing is not None else None,
             evaluation=read_evaluation(evaluation, Path(scratch)) if evaluation is not None else None,
             planted=read_planted(planted) if planted is not None else None,
+            norms=read_norms(norms, norm_scores, Path(scratch)) if norms is not None else None,
             structures=structures,
             described={k: v for k, v in described.items() if v},
         )
@@ -84,6 +94,7 @@ class ReportData:
     ageing: AgeingTables | None
     evaluation: EvaluationTables | None
     planted: pd.DataFrame | None
+    norms: NormsTables | None
     structures: tuple[str, ...]
     described: dict  # argument -> how it was given, for the provenance section
 
@@ -110,6 +121,8 @@ class ReportBuilder:
             self._evaluation(self.data.evaluation)
         if self.data.ageing is not None:
             self._ageing(self.data.ageing)
+        if self.data.norms is not None:
+            self._norms(self.data.norms)
         self._provenance()
         atomic_write(self.out_html, lambda tmp: tmp.write_text(self.page.render(), encoding="utf-8"))
         return self.out_html
@@ -205,6 +218,47 @@ class ReportBuilder:
                         .agg(fits=("structure", "size"), outliers=("n_outliers", "sum"),
                              scans=("n_scans", "max")).reset_index())
 
+    def _norms(self, norms: NormsTables) -> None:
+        from morphometry.reports.norms_figures import centile_figure, profile_grid
+
+        spec = norms.meta.get("spec", {})
+        self.page.heading("Normative centiles")
+        site = spec.get("site")
+        self.page.paragraph(
+            f"Location-scale-shape model ({spec.get('family', 'shash')}) per structure and method: B-splines on "
+            f"age for the location and log-scale, sex and slice-spacing terms, "
+            + (f"site column {site!r} harmonised by {spec.get('harmonise')}" if site else "no site term")
+            + "; gross errors taken up by a uniform outlier component. Curves at the reference spacing"
+            + (" and the average site" if site else "") + ".", "note")
+        curves, summary = norms.curves, norms.summary
+        methods = method_order(curves["method"].unique())
+        available = list(dict.fromkeys(curves["structure"]))
+        structures = [s for s in self.data.structures if s in available] or \
+            [s for s in PREFERRED_STRUCTURES if s in available][:3] or available[:3]
+        method = methods[0]
+        bands = "; shaded: 95% bootstrap bands" if curves["lower"].notna().any() else ""
+        drawn = "; points: scored scans (harmonised volumes), crosses: likely gross errors" \
+            if norms.scores is not None else ""
+        self._figure(centile_figure(curves, method, structures, norms.scores),
+                     f"norms_centiles_{method.replace('+', 'plus')}",
+                     f"Centile curves (2.5 ... 97.5, median bold) of {method} by sex{bands}{drawn}.")
+        self.page.table(summary[["method", "structure", "n_scans", "n_outliers", "outlier_fraction",
+                                 "skewness_epsilon", "tail_delta", "converged"]])
+        if not norms.site_effects.empty:
+            self.page.heading("Site effects (mm^3)", level=3)
+            self.page.table(norms.site_effects.pivot_table(index=["method", "structure"], columns="site",
+                                                            values="offset_mm3").reset_index())
+        if norms.scores is not None:
+            s = norms.scores
+            self.page.heading("Scores", level=3)
+            self.page.table(s.groupby(["method", "structure"], sort=False).agg(
+                scans=("scan_id", "nunique"), median_z=("z", "median"), flag_low=("flag_low", "sum"),
+                flag_high=("flag_high", "sum"), likely_gross_errors=("flag_outlier", "sum"),
+                outside_ages=("age_outside_range", "sum"), unseen_sites=("site_unseen", "sum")).reset_index())
+            self._figure(profile_grid(s, norms.subjects), "norms_profiles",
+                         "z-scores across structures of the most flagged subjects (grey: |z| < 1.96; red: "
+                         "flagged; x: likely gross error).")
+
     def _provenance(self) -> None:
         self.page.heading("Provenance")
         doc = {"morphometry": __version__, "python": platform.python_version(), "inputs": self.data.described}
@@ -218,4 +272,6 @@ class ReportBuilder:
             doc["fit-ageing"] = self.data.ageing.meta
         if self.data.evaluation is not None:
             doc["evaluate"] = self.data.evaluation.meta
+        if self.data.norms is not None:
+            doc["norms"] = {k: v for k, v in self.data.norms.meta.items() if k not in ("fits", "combat")}
         self.page.preformatted(json.dumps(doc, indent=1, default=str))

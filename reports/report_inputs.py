@@ -114,7 +114,7 @@ class AgeingTables:
     source: str
 
     @classmethod
-    def from_folder(cls, folder: Path, source: str | None = None) -> "AgeingTables":
+    def from_folder(cls, folder: Path, source: str | None = None) -> AgeingTables:
         for name in AGEING_FILES:
             if not (folder / name).is_file():
                 raise InputError(f"{source or folder}: no {name} (is this a fit-ageing output folder?)",
@@ -147,7 +147,7 @@ class EvaluationTables:
     source: str
 
     @classmethod
-    def from_folder(cls, folder: Path, source: str | None = None) -> "EvaluationTables":
+    def from_folder(cls, folder: Path, source: str | None = None) -> EvaluationTables:
         path = folder / "scans.parquet"
         if not path.is_file():
             raise InputError(f"{source or folder}: no scans.parquet (is this an evaluate output folder?)",
@@ -170,3 +170,54 @@ def read_evaluation(evaluation, scratch: Path) -> EvaluationTables:
         return EvaluationTables.from_folder(folder, describe(evaluation))
     raise InputError(f"expected an evaluate output folder or an evaluation result, got "
                      f"{type(evaluation).__name__}", setting="evaluation")
+
+
+@dataclass(frozen=True, eq=False)
+class NormsTables:
+    """The tables of ``morpho norms fit`` that the report draws (``centiles.csv``, ``summary.csv``,
+    ``site_effects.csv``, ``norms.json``) and, when given, those of ``morpho norms score``."""
+
+    curves: pd.DataFrame
+    summary: pd.DataFrame
+    site_effects: pd.DataFrame
+    meta: dict
+    source: str
+    scores: pd.DataFrame | None = None
+    subjects: pd.DataFrame | None = None
+
+    @classmethod
+    def from_folder(cls, folder: Path, source: str | None = None) -> NormsTables:
+        for name in ("norms.json", "centiles.csv", "summary.csv"):
+            if not (folder / name).is_file():
+                raise InputError(f"{source or folder}: no {name} (is this a norms fit output folder?)", setting="norms")
+        effects = folder / "site_effects.csv"
+        return cls(read_table(folder / "centiles.csv"), read_table(folder / "summary.csv"),
+                   read_table(effects) if effects.is_file() else pd.DataFrame(),
+                   json.loads((folder / "norms.json").read_text()), source or str(folder))
+
+
+def read_norms(norms, scores, scratch: Path) -> NormsTables:
+    """``norms``: an output folder of ``morpho norms fit`` or a model with ``write(out_dir)``;
+    ``scores`` (or None): an output folder of ``morpho norms score`` or scores with ``write``."""
+    if is_path(norms):
+        tables = NormsTables.from_folder(Path(norms))
+    elif callable(getattr(norms, "write", None)):
+        norms.write(scratch / "norms")
+        tables = NormsTables.from_folder(scratch / "norms", describe(norms))
+    else:
+        raise InputError(f"expected a norms fit output folder or a model with write(out_dir), got "
+                         f"{type(norms).__name__}", setting="norms")
+    if scores is None:
+        return tables
+    if not is_path(scores):
+        if not callable(getattr(scores, "write", None)):
+            raise InputError(f"expected a norms score output folder or scores with write(out_dir), got "
+                             f"{type(scores).__name__}", setting="norm_scores")
+        scores.write(scratch / "norm_scores")
+        scores = scratch / "norm_scores"
+    folder = Path(scores)
+    for name in ("scores.parquet", "subjects.csv"):
+        if not (folder / name).is_file():
+            raise InputError(f"{folder}: no {name} (is this a norms score output folder?)", setting="norm_scores")
+    return NormsTables(tables.curves, tables.summary, tables.site_effects, tables.meta, tables.source,
+                       read_table(folder / "scores.parquet"), read_table(folder / "subjects.csv"))

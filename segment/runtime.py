@@ -7,7 +7,7 @@ copied to the host.
 
 Engines (``RuntimeConfig.engine``): ``onnxruntime`` (CPU or CUDA, precisions fp32 and, on CUDA,
 fp16) and ``openvino`` (CPU, precisions fp32 and bf16); ``auto`` takes ONNX Runtime on a GPU and
-OpenVINO on the CPU when it is installed (1.8 times ONNX Runtime's speed on the official
+OpenVINO on the CPU when it is installed (1.5 times ONNX Runtime's speed on the official
 networks, docs/benchmarks.md), else ONNX Runtime.
 """
 

@@ -30,7 +30,14 @@ def test_quick_demo_end_to_end(tmp_path):
     traj = pd.read_parquet(out / "ageing" / "trajectories.parquet")
     assert (traj.query("quantity == 'difference'")["reference_method"] == "truth").all()
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 4 and ">Ageing trajectories<" in page
+    assert page.count("data:image/png;base64,") == 6 and ">Ageing trajectories<" in page
+    assert ">Normative centiles<" in page and ">Site effects (mm^3)<" in page
+    known = json.loads((out / "norms" / "known_answer.json").read_text())
+    assert known["reference_failures"]["flagged_in_some_structure"] >= 0.9 * known["reference_failures"]["planted"]
+    sites = pd.DataFrame(known["site_offsets"]).query("structure == 'hippocampus'")
+    assert (sites["fitted_offset_mm3"] - sites["planted_offset_mm3"]).abs().max() < 0.5 * sites["planted_offset_mm3"].abs().max()
+    scores = pd.read_parquet(out / "norm_scores" / "scores.parquet")
+    assert set(scores["scan_id"]) == set(manifest["scan_id"]) and set(scores["method"]) == {"measured"}
     assert "dashed: the planted truth" in page
     planted = pd.read_csv(out / "cohort" / "planted_trajectories.csv")
     assert {"hippocampus", "lateral_ventricle"} <= set(planted["structure"])

@@ -243,7 +243,7 @@ def test_silver_api_matches_the_command_and_reports_progress(reference, tmp_path
     assert pd.read_csv(tmp_path / "api" / "silver.csv").equals(result.manifest)
     api_labels = np.asarray(nib.load(result.manifest["path"].iloc[0]).dataobj)
     cli_labels = np.asarray(nib.load(str(tmp_path / "cli" / "silver" / "flair.nii.gz")).dataobj)
-    assert np.mean(api_labels == cli_labels) > 0.999
+    assert np.mean(api_labels == cli_labels) > 0.995  # the registrations differ slightly (above): boundary voxels
     from morphometry.errors import InputError
 
     with pytest.raises(InputError, match="^sessions: .*not both"):

@@ -19,8 +19,8 @@ from morphometry import __version__
 from morphometry.errors import MorphometryError
 from morphometry.progress import configure_logging
 
-COMMANDS = ("segment", "synthseg", "models", "simulate_cohort", "train", "fit_ageing", "evaluate", "silver",
-            "report", "demo")
+COMMANDS = ("segment", "synthseg", "models", "simulate_cohort", "train", "fit_ageing", "norms", "evaluate",
+            "silver", "report", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-FLAGS = {name: f"--{name}" for name in ("volumes", "ageing", "evaluation", "covariates", "structures", "planted")}
+FLAGS = {name: f"--{name}" for name in ("volumes", "ageing", "evaluation", "covariates", "structures", "planted",
+                                        "norms")}
+FLAGS["norm_scores"] = "--norm-scores"
 
 
 def register(sub) -> None:
@@ -23,6 +25,9 @@ def register(sub) -> None:
     p.add_argument("--planted", type=Path, default=None,
                    help="known curves to draw in Fig. 6 (CSV: structure, age_years, volume_mm3; "
                         "simulate-cohort's planted_trajectories.csv)")
+    p.add_argument("--norms", type=Path, default=None, help="output folder of morpho norms fit (centile charts)")
+    p.add_argument("--norm-scores", type=Path, default=None,
+                   help="output folder of morpho norms score (scans over the centiles, flags, z profiles)")
     p.add_argument("--title", default="morphometry report", help="page title")
     p.set_defaults(func=run, flags=FLAGS)
 
@@ -32,6 +37,6 @@ def run(args) -> int:
 
     path = report(args.out, volumes=args.volumes, ageing=args.ageing, evaluation=args.evaluation,
                   covariates=args.covariates, structures=tuple(args.structures), planted=args.planted,
-                  title=args.title)
+                  norms=args.norms, norm_scores=args.norm_scores, title=args.title)
     print(f"report written to {path.resolve()}", file=sys.stderr)
     return 0

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 FLAGS = {"subjects": "--subjects", "sessions_per_subject": "--sessions-per-subject",
-         "max_protocols": "--max-protocols"}
+         "max_protocols": "--max-protocols", "sites": "--sites", "site_offset_sd": "--site-offset-sd",
+         "failure_fraction": "--failure-fraction"}
 
 
 def register(sub) -> None:
@@ -31,6 +32,15 @@ def register(sub) -> None:
     p.add_argument("--downsample", type=int, default=1,
                    help="keep every N-th anatomy voxel for a quick, coarse cohort (default: 1 = full resolution)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical outputs (default: 0)")
+    p.add_argument("--sites", type=int, default=1,
+                   help="sites with planted measurement offsets; > 1 adds a site column to the manifest and "
+                        "DIR/measured_volumes.parquet (default: 1)")
+    p.add_argument("--site-offset-sd", type=float, default=0.05,
+                   help="SD of a site's log-volume offset per structure (default: 0.05)")
+    p.add_argument("--failure-fraction", type=float, default=0.0,
+                   help="fraction of scans planted as failed segmentations in measured_volumes (default: 0)")
+    p.add_argument("--deviation-sd", nargs=2, type=float, default=(0.0, 0.0), metavar=("SD", "PER_DECADE"),
+                   help="between-subject SD of log volumes at age 20 and its growth per decade (default: 0 0)")
     p.set_defaults(func=run, flags=FLAGS)
 
 
@@ -41,8 +51,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.downsample < 1:
         raise InputError(f"--downsample: must be at least 1 (got {args.downsample})")
+    from morphometry.segment.synthesis.planted_ageing import PlantedAgeingModel
+
+    ageing = PlantedAgeingModel(deviation_sd=args.deviation_sd[0], deviation_sd_per_decade=args.deviation_sd[1])
     config = CohortConfig(subjects=args.subjects, sessions_per_subject=args.sessions_per_subject,
-                          max_protocols=args.max_protocols, seed=args.seed)
+                          max_protocols=args.max_protocols, seed=args.seed, ageing=ageing, sites=args.sites,
+                          site_offset_sd=args.site_offset_sd, failure_fraction=args.failure_fraction)
     anatomy = default_anatomy() if args.anatomy is None else anatomy_from_file(args.anatomy)
     anatomy = anatomy.downsampled(args.downsample)
     manifest = simulate_cohort(args.out, anatomy, config)

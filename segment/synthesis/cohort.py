@@ -10,6 +10,18 @@ written to ``scans/``. Outputs: ``manifest.csv``, ``truth_volumes.parquet`` and 
 method "truth", one row per scan), ``subjects.csv`` (sex, head scale and base volumes in mm^3 of
 each subject), ``planted_ageing.json`` and ``planted_trajectories.csv`` (the planted population
 curve of every structure: structure, age_years, volume_mm3, on a half-year grid).
+
+For normative models (``sites`` > 1 or ``failure_fraction`` > 0) the cohort also gets what a
+segmenter at several sites reports: each session is scanned at a site drawn uniformly
+(``site`` column of the manifest, ``site-1`` ...); every site has a planted measurement offset
+per structure (left and right alike), a log-volume factor drawn from N(0, ``site_offset_sd``^2)
+(in ``planted_ageing.json``, ``site_offsets``); and a fraction ``failure_fraction`` of scans are
+failed segmentations (``planted_failure`` in the manifest), each of their structures multiplied
+by a factor from U(0.2, 0.6) or U(1.6, 3.0). ``measured_volumes.parquet`` and ``.csv`` hold these
+volumes (method ``measured``): truth x site factor x failure factor, ``total_intracranial`` the sum.
+The planted between-subject variance growing with age is the ageing model's ``deviation_sd`` and
+``deviation_sd_per_decade`` (:mod:`morphometry.segment.synthesis.planted_ageing`), realised in the
+truth label maps.
 """
 
 from __future__ import annotations
@@ -24,7 +36,7 @@ import pandas as pd
 
 from morphometry.atomic import atomic_write
 from morphometry.errors import InputError
-from morphometry.labels import STRUCTURES, TOTAL_INTRACRANIAL
+from morphometry.labels import STRUCTURES, TOTAL_INTRACRANIAL, bilateral_name
 from morphometry.progress import Progress
 from morphometry.segment.synthesis.anatomy import Anatomy, structure_targets
 from morphometry.segment.synthesis.planted_ageing import (
@@ -53,16 +65,56 @@ class CohortConfig:
     follow_up_years: Uniform = Uniform(1.0, 3.0)
     ageing: PlantedAgeingModel = field(default_factory=PlantedAgeingModel)
     protocols: ProtocolPriors = field(default_factory=ProtocolPriors)
+    sites: int = 1
+    site_offset_sd: float = 0.05  # SD of a site's log-volume measurement offset per structure
+    failure_fraction: float = 0.0
 
     def __post_init__(self):
-        for name in ("subjects", "sessions_per_subject", "max_protocols"):
+        for name in ("subjects", "sessions_per_subject", "max_protocols", "sites"):
             if getattr(self, name) < 1:
                 raise InputError(f"must be at least 1 (got {getattr(self, name)})", setting=name)
+        if not 0.0 <= self.failure_fraction < 0.5:
+            raise InputError(f"must lie in [0, 0.5), not {self.failure_fraction}", setting="failure_fraction")
+        if self.site_offset_sd < 0:
+            raise InputError(f"must be >= 0, not {self.site_offset_sd}", setting="site_offset_sd")
         span = (self.sessions_per_subject - 1) * self.follow_up_years.high
         if self.max_age - span < self.min_age:
             raise InputError(f"{self.sessions_per_subject} sessions do not fit between ages "
                              f"{self.min_age:g} and {self.max_age:g}", setting="sessions_per_subject")
 
+    @property
+    def measured(self) -> bool:
+        """Whether the cohort gets sites, failures and ``measured_volumes``."""
+        return self.sites > 1 or self.failure_fraction > 0
+
+    def site_offsets(self) -> dict[str, dict[str, float]]:
+        """Planted log-volume offset of every site and bilateral structure (seeded by ``seed``)."""
+        rng = np.random.default_rng([self.seed, 7919])
+        names = list(dict.fromkeys(bilateral_name(s) for s in STRUCTURES))
+        return {f"site-{k + 1}": dict(zip(names, rng.normal(0.0, self.site_offset_sd, len(names)).tolist()))
+                for k in range(self.sites)}
+
+
+def subject_deviations(model: PlantedAgeingModel, rng: np.random.Generator) -> dict[str, float]:
+    """A subject's z per bilateral structure (empty when the model plants no deviation, so that
+    the random stream is that of a cohort without it)."""
+    if model.deviation_sd == 0 and model.deviation_sd_per_decade == 0:
+        return {}
+    names = list(dict.fromkeys(bilateral_name(s) for s in STRUCTURES))
+    return dict(zip(names, rng.normal(size=len(names)).tolist()))
+
+
+def measured_volumes(volumes: dict, site_offsets: dict[str, float], failed: bool, rng: np.random.Generator) -> dict:
+    """Volumes (mm^3) as a segmenter at a site with ``site_offsets`` reports them; a failed scan's
+    structures are each multiplied by a factor from U(0.2, 0.6) or U(1.6, 3.0)."""
+    out = {}
+    for s in STRUCTURES:
+        v = volumes[s] * np.exp(site_offsets[bilateral_name(s)])
+        if failed:
+            v *= rng.uniform(0.2, 0.6) if rng.uniform() < 0.5 else rng.uniform(1.6, 3.0)
+        out[s] = float(v)
+    out[TOTAL_INTRACRANIAL] = float(sum(out.values()))
+    return out
 
 @dataclass(frozen=True, eq=False)
 class Subject:
@@ -123,31 +175,36 @@ def simulate_cohort(out_dir: str | Path, anatomy: Anatomy, config: CohortConfig 
     out = Path(out_dir)
     if (out / "manifest.csv").exists():
         raise InputError(f"{out}: already holds a simulated cohort (manifest.csv); choose an empty folder")
-    manifest, truth_rows, subject_rows = [], [], []
+    manifest, truth_rows, subject_rows, measured_rows = [], [], [], []
     streams = np.random.SeedSequence(config.seed).spawn(config.subjects)
     with Progress(config.subjects, "simulate-cohort", "subject", enabled=progress) as bar:
         for i, stream in enumerate(streams):
             subject_row = _simulate_subject(out, anatomy, config, f"sub-{i + 1:03d}", np.random.default_rng(stream),
-                                            manifest, truth_rows)
+                                            manifest, truth_rows, measured_rows)
             subject_rows.append(subject_row)
             bar.update()
-    _write_outputs(out, config, anatomy, manifest, truth_rows, subject_rows)
+    _write_outputs(out, config, anatomy, manifest, truth_rows, subject_rows, measured_rows)
     return pd.DataFrame(manifest)
 
 
 def _simulate_subject(out: Path, anatomy: Anatomy, config: CohortConfig, subject_id: str, rng: np.random.Generator,
-                      manifest: list, truth_rows: list) -> dict:
-    """Write one subject's truth maps and scans, append their manifest and truth-volume rows, and
-    return the subject's row (sex, head scale, base volumes)."""
+                      manifest: list, truth_rows: list, measured_rows: list) -> dict:
+    """Write one subject's truth maps and scans, append their manifest, truth-volume and (with
+    sites or failures) measured-volume rows, and return the subject's row (sex, head scale, base
+    volumes, planted deviations)."""
     voxel_mm = anatomy.voxel_size
     voxel_mm3 = voxel_mm ** 3
     model = config.ageing
     subject = make_subject(anatomy, model, subject_id, rng)
     base_counts = structure_counts(subject.labels)
     base_volumes = volumes_mm3(subject.labels, voxel_mm3)
+    deviations = subject_deviations(model, rng)
+    offsets = config.site_offsets() if config.measured else {}
     for k, age in enumerate(_session_ages(config, rng)):
         session_id = f"ses-{k + 1:02d}"
-        aged = age_label_map(subject.labels, target_counts(model, base_counts, age, subject.sex), subject.jitter)
+        site = f"site-{int(rng.integers(1, config.sites + 1))}" if config.measured else None
+        aged = age_label_map(subject.labels, target_counts(model, base_counts, age, subject.sex, deviations),
+                             subject.jitter)
         truth_path = f"truth/{subject.subject_id}_{session_id}.nii.gz"
         _write_nifti(out / truth_path, structure_targets(aged), anatomy.affine,
                      f"truth {subject.subject_id} {session_id} age={age:g}")
@@ -163,8 +220,13 @@ def _simulate_subject(out: Path, anatomy: Anatomy, config: CohortConfig, subject
                              "orientation": "".join(_axcodes(affine)), "truth_path": truth_path})
             truth_rows.append({**ids, "method": "truth", "model_id": "planted",
                                **_acquisition_columns(data, affine), **volumes})
+            if config.measured:
+                failed = bool(rng.uniform() < config.failure_fraction)
+                manifest[-1].update(site=site, planted_failure=failed)
+                measured_rows.append({**truth_rows[-1], "method": "measured",
+                                      **measured_volumes(volumes, offsets[site], failed, rng)})
     return {"subject_id": subject.subject_id, "sex": subject.sex, "head_scale": round(subject.head_scale, 5),
-            **base_volumes}
+            **base_volumes, **{f"z_{name}": z for name, z in deviations.items()}}
 
 
 def _description(protocol: Protocol) -> str:
@@ -190,7 +252,7 @@ def planted_trajectories(config: CohortConfig, subjects: pd.DataFrame) -> pd.Dat
 
 
 def _write_outputs(out: Path, config: CohortConfig, anatomy: Anatomy, manifest: list, truth_rows: list,
-                   subject_rows: list) -> None:
+                   subject_rows: list, measured_rows: list) -> None:
     def csv(name: str, df: pd.DataFrame) -> None:
         atomic_write(out / name, lambda tmp: df.to_csv(tmp, index=False))
 
@@ -198,12 +260,24 @@ def _write_outputs(out: Path, config: CohortConfig, anatomy: Anatomy, manifest: 
     meta = table_metadata({"source": "morpho simulate-cohort", "seed": config.seed})
     write_parquet(truth, out / "truth_volumes.parquet", meta)
     csv("truth_volumes.csv", truth)
-    csv("subjects.csv", pd.DataFrame(subject_rows)[["subject_id", "sex", "head_scale", TOTAL_INTRACRANIAL, *STRUCTURES]])
+    subjects = pd.DataFrame(subject_rows)
+    deviation_columns = [c for c in subjects.columns if c.startswith("z_")]
+    columns = ["subject_id", "sex", "head_scale", TOTAL_INTRACRANIAL, *STRUCTURES, *deviation_columns]
+    csv("subjects.csv", subjects[columns])
+    if config.measured:
+        measured = order_columns(pd.DataFrame(measured_rows))
+        write_parquet(measured, out / "measured_volumes.parquet", meta)
+        csv("measured_volumes.csv", measured)
     csv("manifest.csv", pd.DataFrame(manifest))
     csv("planted_trajectories.csv", planted_trajectories(config, pd.DataFrame(subject_rows)))
     planted = {"model": config.ageing.to_json(), "seed": config.seed, "anatomy": anatomy.source,
                "voxel_size_mm": anatomy.voxel_size, "subjects": config.subjects,
                "sessions_per_subject": config.sessions_per_subject,
                "base_volumes": "subjects.csv (mm^3, at reference_age)"}
+    if config.measured:
+        planted.update(sites=config.sites, site_offset_sd=config.site_offset_sd,
+                       failure_fraction=config.failure_fraction, site_offsets=config.site_offsets(),
+                       measured_volumes="truth x exp(site offset of the bilateral structure) x failure factor "
+                                        "(U(0.2, 0.6) or U(1.6, 3.0) per structure of a failed scan)")
     text = json.dumps(planted, indent=2)
     atomic_write(out / "planted_ageing.json", lambda tmp: tmp.write_text(text))

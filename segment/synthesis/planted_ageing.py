@@ -8,7 +8,12 @@ Planted model (per subject, volumes relative to the subject's base anatomy, whic
 
 with a_k the log-volume change per decade at all ages, b_k the extra change after the knee age
 (per decade squared: faster shrinkage after 60 for hippocampus, amygdala and cortex, faster growth
-of the ventricles), m_sex = ``male_rate_factor`` for men and 1 for women. Sex also sets the head
+of the ventricles), m_sex = ``male_rate_factor`` for men and 1 for women. Between-subject
+variance that grows with age (for normative models): a subject's structure (left and right
+together) may deviate by the extra factor ``exp(s(age) z_k)``, ``z_k ~ N(0, 1)`` drawn once per
+subject and bilateral structure, ``s(age) = deviation_sd + deviation_sd_per_decade *
+max(0, age - reference_age) / 10`` (both 0 by default: no deviation). The population curves are
+those of the median subject (z = 0). Sex also sets the head
 size of the base anatomy (women ``female_head_scale`` times smaller linearly, before a per-subject
 jitter). The intracranial volume is constant with age, so extra-cerebral CSF (label 24) is the
 remainder: V_csf(age) = ICV - sum of the other structures, and ``total_intracranial`` = ICV.
@@ -24,8 +29,8 @@ the pial side and the white matter from the cortical side, and volumes match rou
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Mapping
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -77,9 +82,16 @@ class PlantedAgeingModel:
     head_scale_jitter: float = 0.04  # subject linear scale ~ U(1 - j, 1 + j) times the sex scale
     subject_nonlin_std: float = 1.0  # velocity std of the subject's base deformation
     rates: tuple[tuple[str, float, float], ...] = DEFAULT_RATES
+    deviation_sd: float = 0.0  # SD of a subject's log-volume deviation at reference_age
+    deviation_sd_per_decade: float = 0.0  # its growth per decade after reference_age
 
-    def log_factor(self, structure: str, age: float, sex: str) -> float:
-        """log(V(age) / V(base)) of one structure (snake_case name, either side)."""
+    def deviation_scale(self, age: float) -> float:
+        """s(age): SD of the log-volume deviation of subjects at ``age`` (years)."""
+        return self.deviation_sd + self.deviation_sd_per_decade * max(0.0, age - self.reference_age) / 10.0
+
+    def log_factor(self, structure: str, age: float, sex: str, deviation: float = 0.0) -> float:
+        """log(V(age) / V(base)) of one structure (snake_case name, either side) for a subject
+        whose deviation of that structure is ``deviation`` (z_k, standard normal units)."""
         rates = {name: (a, b) for name, a, b in self.rates}
         key = bilateral_name(structure)
         if key not in rates:
@@ -87,14 +99,16 @@ class PlantedAgeingModel:
         a, b = rates[key]
         m = self.male_rate_factor if sex == "M" else 1.0
         late = max(0.0, age - self.knee_age) / 10.0
-        return m * (a * (age - self.reference_age) / 10.0 + b * late * late)
+        return m * (a * (age - self.reference_age) / 10.0 + b * late * late) + self.deviation_scale(age) * deviation
 
-    def volumes(self, base_volumes: Mapping[str, float], age: float, sex: str) -> dict[str, float]:
+    def volumes(self, base_volumes: Mapping[str, float], age: float, sex: str,
+                deviations: Mapping[str, float] | None = None) -> dict[str, float]:
         """True volumes (mm^3) of every structure and ``total_intracranial`` at ``age`` for a
         subject of ``sex`` ("F"/"M") whose base anatomy has ``base_volumes`` (mm^3, all
-        STRUCTURES)."""
+        STRUCTURES) and whose deviations are ``deviations`` (bilateral name -> z; none: 0)."""
         icv = float(sum(base_volumes[s] for s in STRUCTURES))
-        out = {s: float(base_volumes[s]) * float(np.exp(self.log_factor(s, age, sex)))
+        dev = deviations or {}
+        out = {s: float(base_volumes[s]) * float(np.exp(self.log_factor(s, age, sex, dev.get(bilateral_name(s), 0.0))))
                for s in STRUCTURES if s != "csf"}
         out["csf"] = icv - sum(out.values())
         out[TOTAL_INTRACRANIAL] = icv
@@ -117,7 +131,9 @@ class PlantedAgeingModel:
     def to_json(self) -> dict:
         return {
             "formula": "V_k(age, sex) = V_k(base) * exp(m_sex * (a_k * (age - reference_age) / 10 "
-                       "+ b_k * (max(0, age - knee_age) / 10)^2)); csf = ICV - sum of other structures; "
+                       "+ b_k * (max(0, age - knee_age) / 10)^2) + s(age) z_k); s(age) = deviation_sd + "
+                       "deviation_sd_per_decade * max(0, age - reference_age) / 10, z_k ~ N(0, 1) per subject "
+                       "and bilateral structure; csf = ICV - sum of other structures; "
                        "total_intracranial = ICV (constant)",
             "m_sex": {"F": 1.0, "M": self.male_rate_factor},
             **{k: v for k, v in asdict(self).items() if k != "rates"},
@@ -140,10 +156,13 @@ def volumes_mm3(labels: np.ndarray, voxel_mm3: float) -> dict[str, float]:
     return vols
 
 
-def target_counts(model: PlantedAgeingModel, base_counts: Mapping[int, int], age: float, sex: str) -> dict[int, int]:
-    """Planted voxel count of every structure label except CSF and background."""
+def target_counts(model: PlantedAgeingModel, base_counts: Mapping[int, int], age: float, sex: str,
+                  deviations: Mapping[str, float] | None = None) -> dict[int, int]:
+    """Planted voxel count of every structure label except CSF and background (``deviations``:
+    the subject's z per bilateral structure name, none: 0)."""
     names = {lab.value: lab.name for lab in SYNTHSEG_2.labels}
-    return {v: int(round(n * np.exp(model.log_factor(names[v], age, sex))))
+    dev = deviations or {}
+    return {v: int(round(n * np.exp(model.log_factor(names[v], age, sex, dev.get(bilateral_name(names[v]), 0.0)))))
             for v, n in base_counts.items() if v not in (0, CSF)}
 
 

@@ -38,7 +38,6 @@ CONFIGS = {  # name -> Segmenter settings; the first is the reference of the agr
     "openvino-bf16-window": dict(engine="openvino", precision="bf16", head_window=True),
 }
 FOV = (197, 233, 189)  # voxels of the 1 mm scan (MNI-like; padded to 224 x 256 x 192)
-STAGE_ROLES = {"s1": "s1", "d": "d", "s2": "s2", "synthseg": "synthseg", "d_all": "d_all"}
 
 
 # -- peak memory of this process -------------------------------------------------------------------

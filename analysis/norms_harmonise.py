@@ -79,8 +79,8 @@ def learn_combat(volumes: np.ndarray, sites: np.ndarray, covariates: np.ndarray,
     try:
         from neuroHarmonize import harmonizationLearn
     except ImportError:
-        raise InputError("ComBat needs the neuroHarmonize package (pip install neuroHarmonize neuroCombat)",
-                         setting="harmonise") from None
+        raise InputError("ComBat needs neuroHarmonize and neuroCombat: pip install --no-deps neuroHarmonize "
+                         "neuroCombat (README: Site harmonisation)", setting="harmonise") from None
 
     rows = np.isfinite(volumes).all(axis=1)
     covars = pd.DataFrame(covariates[rows], columns=[f"x{i}" for i in range(covariates.shape[1])])

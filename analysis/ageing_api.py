@@ -53,21 +53,30 @@ def fit_ageing(volumes, covariates=None, *, structures=("summed",), methods=None
     return fit.with_bootstrap(bootstrap, seed, progress=progress) if bootstrap else fit
 
 
-def ageing_spec(**settings) -> AgeingSpec:
-    """An :class:`AgeingSpec` from keyword settings; lists or a single string are accepted where
-    the spec holds tuples, and a dict for ``directions``. InputError naming an unknown setting."""
-    known = [f.name for f in fields(AgeingSpec)]
+def normalised_settings(spec_class, model: str, tuple_settings: tuple[str, ...], settings: dict) -> dict:
+    """``settings`` checked against the fields of the frozen dataclass ``spec_class`` (InputError
+    naming an unknown one, with the closest field), lists or a single string turned into tuples
+    for ``tuple_settings``."""
+    known = [f.name for f in fields(spec_class)]
     for name in settings:
         if name not in known:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"did you mean {close[0]}?" if close else f"settings: {', '.join(known)}"
-            raise InputError(f"not a setting of the ageing model ({hint})", setting=name)
-    for name in _TUPLE_SETTINGS:
-        value = settings.get(name)
+            raise InputError(f"not a setting of {model} ({hint})", setting=name)
+    out = dict(settings)
+    for name in tuple_settings:
+        value = out.get(name)
         if isinstance(value, str):
-            settings[name] = (value,)
-        elif value is not None and name in settings:
-            settings[name] = tuple(value)
+            out[name] = (value,)
+        elif value is not None:
+            out[name] = tuple(value)
+    return out
+
+
+def ageing_spec(**settings) -> AgeingSpec:
+    """An :class:`AgeingSpec` from keyword settings; lists or a single string are accepted where
+    the spec holds tuples, and a dict for ``directions``. InputError naming an unknown setting."""
+    settings = normalised_settings(AgeingSpec, "the ageing model", _TUPLE_SETTINGS, settings)
     if isinstance(settings.get("directions"), dict):
         settings["directions"] = tuple(settings["directions"].items())
     elif "directions" in settings:

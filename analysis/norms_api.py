@@ -18,15 +18,14 @@ did not see: scored at the average site (fixed) or without ComBat adjustment, fl
 
 from __future__ import annotations
 
-import difflib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from morphometry.analysis.ageing_api import ageing_table
+from morphometry.analysis.ageing_api import ageing_table, normalised_settings
 from morphometry.analysis.ageing_metrics import age_grid
 from morphometry.analysis.ageing_model import AgeingSpec, parse_age, parse_sex, resolve_structures, structure_columns
 from morphometry.analysis.norms_harmonise import learn_combat
@@ -49,18 +48,7 @@ SEXES = {"F": 0.0, "M": 1.0}
 def norms_spec(**settings) -> NormsSpec:
     """A :class:`NormsSpec` from keyword settings (lists or one string where it holds tuples);
     InputError naming an unknown setting."""
-    known = [f.name for f in fields(NormsSpec)]
-    for name in settings:
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f"did you mean {close[0]}?" if close else f"settings: {', '.join(known)}"
-            raise InputError(f"not a setting of the norms model ({hint})", setting=name)
-    for name in _TUPLE_SETTINGS:
-        value = settings.get(name)
-        if isinstance(value, str):
-            settings[name] = (value,)
-        elif value is not None:
-            settings[name] = tuple(value)
+    settings = normalised_settings(NormsSpec, "the norms model", _TUPLE_SETTINGS, settings)
     return NormsSpec(**settings)
 
 

@@ -22,6 +22,7 @@ from morphometry.analysis.evaluation_inputs import Pairing, Prediction, Referenc
 from morphometry.analysis.label_maps import IN_MEMORY, LabelImage, load_labels, on_common_grid
 from morphometry.analysis.method_comparisons import ComparisonConfig, compare_methods
 from morphometry.analysis.qc_groups import QcRule, assign_groups, group_order, qc_from_rule, read_qc_table
+from morphometry.cluster import ClusterSpec, cluster_map, cluster_spec
 from morphometry.errors import DataError, InputError
 from morphometry.labels import PARCELLATION_LABELS, SEGMENTATION_LABELS, STRUCTURES
 from morphometry.methods import method_order
@@ -138,32 +139,44 @@ def _failure(pred: Prediction, exc: Exception) -> dict:
 
 
 def evaluate_pairs(pairing: Pairing, config: EvaluationConfig, jobs: int = 1,
-                   progress: Progress | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                   progress: Progress | None = None, cluster: ClusterSpec | None = None
+                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Metrics of every pair (long table) and the failures (scan_id, method, path, error).
 
-    ``jobs`` > 1 evaluates references in that many processes. ``progress`` counts the predictions
-    done and logs each failure (``failed: <scan_id> <method>: <error>``) as it happens.
+    ``jobs`` > 1 evaluates references in that many processes; ``cluster``: on a Dask cluster
+    instead, one task per reference (:mod:`morphometry.cluster`), with the same tables.
+    ``progress`` counts the predictions done and logs each failure (``failed: <scan_id>
+    <method>: <error>``) as it happens.
     """
     groups: dict[str, tuple[Reference, list[Prediction]]] = {}
     for pred, ref in pairing.pairs:
         groups.setdefault(ref.scan_id, (ref, []))[1].append(pred)
     items = [(ref, preds, config) for ref, preds in groups.values()]
-    tables, failures = [], []
-    pool = ProcessPoolExecutor(max_workers=jobs) if jobs > 1 and len(items) > 1 else None
-    try:
-        results = pool.map(_evaluate_reference_group, items) if pool else map(_evaluate_reference_group, items)
-        for item, (done, failed) in zip(items, results):
-            tables += done
-            failures += failed
-            if progress is not None:
-                for row in failed:
-                    progress.write(f"failed: {row['scan_id']} {row['method']}: {row['error']}")
-                progress.update(len(item[1]))
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=list(METRIC_COLUMNS))
-    return table, pd.DataFrame(failures, columns=list(FAILURE_COLUMNS))
+    tables: list[list[pd.DataFrame]] = [[] for _ in items]
+    failures: list[list[dict]] = [[] for _ in items]
+
+    def take(index: int, result: tuple[list[pd.DataFrame], list[dict]]) -> None:
+        tables[index], failures[index] = result
+        if progress is not None:
+            for row in failures[index]:
+                progress.write(f"failed: {row['scan_id']} {row['method']}: {row['error']}")
+            progress.update(len(items[index][1]))
+
+    if cluster is not None:
+        cluster_map(cluster, _evaluate_reference_group, items, take, name="evaluate",
+                    on_failure=lambda index, message: take(index, ([], [_failure(p, message) for p in items[index][1]])))
+    else:
+        pool = ProcessPoolExecutor(max_workers=jobs) if jobs > 1 and len(items) > 1 else None
+        try:
+            results = pool.map(_evaluate_reference_group, items) if pool else map(_evaluate_reference_group, items)
+            for index, result in enumerate(results):
+                take(index, result)
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+    done = [t for group in tables for t in group]
+    table = pd.concat(done, ignore_index=True) if done else pd.DataFrame(columns=list(METRIC_COLUMNS))
+    return table, pd.DataFrame([f for group in failures for f in group], columns=list(FAILURE_COLUMNS))
 
 
 # ---------------------------------------------------------------- per scan and summaries
@@ -299,7 +312,8 @@ class EvaluationResult:
 def evaluate(predictions, references, *, grid: str = "reference", msd: str = "mean_of_means",
              labels="synthseg", qc=None, qc_from: str | None = None, qc_thresholds=(0.65, 0.80),
              pred_method: str | None = None, compare_to: str = "auto", correction: str = "holm",
-             jobs: int = 1, progress: bool = True) -> EvaluationResult:
+             jobs: int = 1, progress: bool = True, cluster=None,
+             cluster_config: str | Path | None = None) -> EvaluationResult:
     """Dice and surface distances of predictions against references, by method and QC group.
 
     ``predictions``: a ``morpho segment`` output folder, a folder of ``<scan_id>_<method>`` label
@@ -312,6 +326,9 @@ def evaluate(predictions, references, *, grid: str = "reference", msd: str = "me
     names). QC groups come from ``qc`` (CSV or DataFrame: scan_id, qc_group) or from
     ``qc_from``'s mean Dice with ``qc_thresholds`` (low, high); otherwise one group, ``all``.
     ``compare_to`` and ``correction``: see :class:`ComparisonConfig`. ``jobs``: processes.
+    ``cluster`` (``"local"``, ``"local:N"``, ``"slurm"``, ``"pbs"``, ``"tcp://HOST:PORT"`` or a
+    :class:`~morphometry.cluster.ClusterSpec`) and ``cluster_config`` (YAML settings): evaluate
+    on a Dask cluster instead of ``jobs`` processes, one task per reference; the same results.
     ``progress``: a progress line (or bar) per scan evaluated. Pairs that fail are logged and
     listed in ``failures``; DataError when none could be evaluated.
     """
@@ -322,12 +339,13 @@ def evaluate(predictions, references, *, grid: str = "reference", msd: str = "me
     if qc is not None and qc_from is not None:
         raise InputError("give QC groups as a table (qc) or derive them from a method (qc_from), not both",
                          setting="qc_from")
+    spec = cluster_spec(cluster, cluster_config)
     rule = QcRule(qc_from, *qc_thresholds) if qc_from else None
     qc_table = read_qc_table(qc) if qc is not None else None
     pairing = pair_inputs(predictions, references, pred_method)
     pairing.warn_unpaired()
     with Progress(len(pairing.pairs), "evaluate", unit="scan", enabled=progress) as bar:
-        table, failures = evaluate_pairs(pairing, config, jobs, bar)
+        table, failures = evaluate_pairs(pairing, config, jobs, bar, spec)
     if table.empty:
         if len(failures):
             raise DataError(f"no scan could be evaluated; first error: {failures['error'].iloc[0]}")

@@ -10,13 +10,16 @@ space; the transform maps scan (fixed) points to reference (moving) points.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from morphometry.atomic import atomic_write
+from morphometry.cluster import cluster_map, cluster_spec
 from morphometry.errors import DataError, InputError
 from morphometry.io import strip_image_suffix
 from morphometry.progress import Progress
@@ -254,53 +257,64 @@ def single_session(scans, reference_image: str | Path, reference_labels: str | P
     return Session(session_id, strip_image_suffix(reference.name), reference, Path(reference_labels), tuple(items))
 
 
-def propagate_session(session: Session, out_dir: Path, config: RegistrationConfig, rng: np.random.Generator,
-                      progress: Progress | None = None) -> tuple[list[dict], list[dict]]:
-    """Register the reference to every scan of the session and write the propagated labels.
+def propagate_scan(item: tuple[Session, str, Path, np.random.Generator], out_dir: Path,
+                   config: RegistrationConfig) -> tuple[dict | None, dict | None]:
+    """Register a session's reference to one of its scans and write the propagated labels.
 
+    ``item``: (session, scan_id, scan path, the generator the registration draws its seed from).
     Writes ``out_dir/silver/<scan_id>.nii.gz`` (int32 labels on the scan's grid) and
-    ``out_dir/transforms/<scan_id>.tfm``; returns (report rows, failure rows). ``progress`` counts
-    the scans done and logs each failure (``failed: <scan_id>: <error>``) as it happens.
+    ``out_dir/transforms/<scan_id>.tfm``; returns (report row, None) or (None, failure row).
     """
     import nibabel as nib
     import SimpleITK as sitk
 
+    from morphometry.io import load_scan
+
+    session, scan_id, scan_path, rng = item
+
+    def failed(error: str) -> tuple[None, dict]:
+        return None, {"scan_id": scan_id, "session_id": session.session_id, "path": str(scan_path), "error": error}
+
+    try:
+        reference, labels = _reference(session.reference_image, session.reference_labels)
+    except (InputError, DataError) as exc:
+        return failed(str(exc))
+    try:
+        scan = load_scan(scan_path)
+        reg = register_rigid(scan.data, scan.affine, reference.data, reference.affine, config, rng)
+        silver_labels = propagate_labels(labels.data, labels.affine, reg, scan.data.shape[:3], scan.affine)
+    except (InputError, DataError) as exc:
+        return failed(str(exc) if str(scan_path) in str(exc) else f"{scan_path}: {exc}")
+    silver_path = out_dir / "silver" / f"{scan_id}.nii.gz"
+    transform_path = out_dir / "transforms" / f"{scan_id}.tfm"
+    image = nib.Nifti1Image(silver_labels, scan.affine)
+    image.set_data_dtype(np.int32)
+    atomic_write(silver_path, lambda tmp: nib.save(image, str(tmp)), suffix=".nii.gz")
+    atomic_write(transform_path, lambda tmp: sitk.WriteTransform(reg.transform, str(tmp)), suffix=".tfm")
+    return {"scan_id": scan_id, "session_id": session.session_id, "reference_scan_id": session.reference_scan_id,
+            "silver_path": str(silver_path), "transform_path": str(transform_path), **reg.report()}, None
+
+
+def _reference(image: Path, labels: Path):
+    """A session's reference image and labels, read once for the scans of the session in a row
+    (read again when a file changed)."""
+    return _read_reference(image, labels, _stamp(image), _stamp(labels))
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
+@lru_cache(maxsize=2)
+def _read_reference(image: Path, labels: Path, image_stamp, labels_stamp):
     from morphometry.analysis.label_maps import load_labels
     from morphometry.io import load_scan
 
-    def failed(scan_id: str, scan_path: Path, error: str) -> dict:
-        if progress is not None:
-            progress.write(f"failed: {scan_id}: {error}")
-            progress.update()
-        return {"scan_id": scan_id, "session_id": session.session_id, "path": str(scan_path), "error": error}
-
-    try:
-        reference = load_scan(session.reference_image)
-        labels = load_labels(session.reference_labels)
-    except (InputError, DataError) as exc:
-        return [], [failed(scan_id, p, str(exc)) for scan_id, p in session.scans]
-    rows, failures = [], []
-    for scan_id, scan_path in session.scans:
-        try:
-            scan = load_scan(scan_path)
-            reg = register_rigid(scan.data, scan.affine, reference.data, reference.affine, config, rng)
-            silver_labels = propagate_labels(labels.data, labels.affine, reg, scan.data.shape[:3], scan.affine)
-        except (InputError, DataError) as exc:
-            error = str(exc) if str(scan_path) in str(exc) else f"{scan_path}: {exc}"
-            failures.append(failed(scan_id, scan_path, error))
-            continue
-        silver_path = out_dir / "silver" / f"{scan_id}.nii.gz"
-        transform_path = out_dir / "transforms" / f"{scan_id}.tfm"
-        image = nib.Nifti1Image(silver_labels, scan.affine)
-        image.set_data_dtype(np.int32)
-        atomic_write(silver_path, lambda tmp: nib.save(image, str(tmp)), suffix=".nii.gz")
-        atomic_write(transform_path, lambda tmp: sitk.WriteTransform(reg.transform, str(tmp)), suffix=".tfm")
-        rows.append({"scan_id": scan_id, "session_id": session.session_id,
-                     "reference_scan_id": session.reference_scan_id, "silver_path": str(silver_path),
-                     "transform_path": str(transform_path), **reg.report()})
-        if progress is not None:
-            progress.update()
-    return rows, failures
+    return load_scan(image), load_labels(labels)
 
 
 # ---------------------------------------------------------------- the Python API
@@ -335,7 +349,8 @@ class SilverResult:
 
 def silver(out_dir: str | Path, *, sessions=None, scans=None, reference_image: str | Path | None = None,
            reference_labels: str | Path | None = None, init: str = "moments", sampling: float = 0.25,
-           threads: int = 0, seed: int = 0, progress: bool = True) -> SilverResult:
+           threads: int = 0, seed: int = 0, progress: bool = True, cluster=None,
+           cluster_config: str | Path | None = None) -> SilverResult:
     """Silver standards: propagate each session's reference labels to its other scans.
 
     Give ``sessions`` (a CSV or DataFrame: session_id, scan_id, path, labels on the reference row;
@@ -347,19 +362,38 @@ def silver(out_dir: str | Path, *, sessions=None, scans=None, reference_image: s
     resampled onto the scan with nearest neighbour. Writes ``silver/<scan_id>.nii.gz``,
     ``transforms/<scan_id>.tfm``, ``registration.csv`` and ``silver.csv`` (when a scan succeeded),
     ``failures.csv`` (when one failed) into ``out_dir``. A scan that fails is logged and the rest
-    finish.
+    finish. ``cluster`` (``"local"``, ``"local:N"``, ``"slurm"``, ``"pbs"``, ``"tcp://HOST:PORT"`` or a
+    :class:`~morphometry.cluster.ClusterSpec`) and ``cluster_config`` (YAML settings): one task
+    per scan on a Dask cluster (``out_dir`` shared with the workers); the same results.
     """
     config = RegistrationConfig(init=init, sampling_fraction=sampling, threads=threads)
+    spec = cluster_spec(cluster, cluster_config)
     chosen = _sessions(sessions, scans, reference_image, reference_labels)
     out = Path(out_dir).resolve()
     rng = np.random.default_rng(seed)
-    rows, failures = [], []
-    total = sum(len(s.scans) for s in chosen)
-    with Progress(total, "silver", unit="scan", enabled=progress) as bar:
-        for session in chosen:
-            done, failed = propagate_session(session, out, config, rng, bar)
-            rows += done
-            failures += failed
+    items = []
+    for session in chosen:
+        for scan_id, scan_path in session.scans:
+            items.append((session, scan_id, scan_path, copy.deepcopy(rng)))
+            rng.integers(1, 2**31 - 1)  # the draw of this scan's registration: the next scan draws the next seed
+    results: list[tuple[dict | None, dict | None]] = [(None, None)] * len(items)
+    task = partial(propagate_scan, out_dir=out, config=config)
+    with Progress(len(items), "silver", unit="scan", enabled=progress) as bar:
+        def take(index: int, result: tuple[dict | None, dict | None]) -> None:
+            results[index] = result
+            if result[1] is not None:
+                bar.write(f"failed: {result[1]['scan_id']}: {result[1]['error']}")
+            bar.update()
+
+        if spec is None:
+            for index, item in enumerate(items):
+                take(index, task(item))
+        else:
+            cluster_map(spec, task, items, take, name="silver", on_failure=lambda index, message: take(
+                index, (None, {"scan_id": items[index][1], "session_id": items[index][0].session_id,
+                               "path": str(items[index][2]), "error": f"{items[index][2]}: {message}"})))
+    rows = [row for row, _ in results if row is not None]
+    failures = [failure for _, failure in results if failure is not None]
     registrations = pd.DataFrame(rows)
     manifest = (registrations[["scan_id", "silver_path"]].rename(columns={"silver_path": "path"}) if rows
                 else pd.DataFrame(columns=["scan_id", "path"]))

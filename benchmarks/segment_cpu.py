@@ -34,6 +34,9 @@ CONFIGS = {  # name -> Segmenter settings; the first is the reference of the agr
     "onnxruntime-fp32": dict(engine="onnxruntime", precision="fp32", head_window=False),
     "openvino-fp32": dict(engine="openvino", precision="fp32", head_window=False),
     "openvino-bf16": dict(engine="openvino", precision="bf16", head_window=False),
+    "onnxruntime-fp32-slab": dict(engine="onnxruntime", precision="fp32", head_window=False, slab=16),
+    "openvino-fp32-slab": dict(engine="openvino", precision="fp32", head_window=False, slab=16),
+    "openvino-bf16-slab": dict(engine="openvino", precision="bf16", head_window=False, slab=16),
     "openvino-fp32-window": dict(engine="openvino", precision="fp32", head_window=True),
     "openvino-bf16-window": dict(engine="openvino", precision="bf16", head_window=True),
 }
@@ -115,16 +118,17 @@ def worker(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     seg = Segmenter(args.models, args.methods, "cpu", args.threads, **config)
     record = {"seconds": {"start engine": time.perf_counter() - start}, "peak_gb": {"start engine": peak_gb()}}
-    backend = seg.engine.backend
-    run = backend.run
+    engine = seg.engine
 
-    def measured_run(name, feeds):
-        reset_peak()
-        out = run(name, feeds)
-        record["peak_gb"][f"network {name}"] = peak_gb()
-        return out
+    def measured(run):
+        def stage(name, *inputs):
+            reset_peak()
+            out = run(name, *inputs)
+            record["peak_gb"][f"network {name}"] = peak_gb()
+            return out
+        return stage
 
-    backend.run = measured_run
+    engine._run, engine._run_slabs = measured(engine._run), measured(engine._run_slabs)
     wall = time.perf_counter()
     reset_peak()
     scan = load_scan(Path(args.scan))

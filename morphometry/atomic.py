@@ -6,9 +6,12 @@ partial write; a failed write leaves no temporary file behind.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # errors of a full disk or an exceeded quota
 
 
 def atomic_write(path: str | Path, write, *, suffix: str = ".tmp") -> None:
@@ -30,3 +33,12 @@ def atomic_write(path: str | Path, write, *, suffix: str = ".tmp") -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def no_space(exc: BaseException) -> bool:
+    """True when ``exc`` (or what it was raised from) is a full disk or an exceeded quota."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

@@ -30,5 +30,9 @@ class ModelError(MorphometryError):
     """A model bundle is missing, incomplete or inconsistent."""
 
 
+class OutputError(MorphometryError):
+    """An output folder cannot be written (no space left on the device, disk quota exceeded)."""
+
+
 class DataError(MorphometryError):
     """Data are readable but unusable for the requested analysis."""

@@ -16,7 +16,7 @@ import json
 import platform
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -26,8 +26,8 @@ import nibabel as nib
 import numpy as np
 
 from morphometry import __version__
-from morphometry.atomic import atomic_write
-from morphometry.errors import InputError, MorphometryError
+from morphometry.atomic import atomic_write, no_space
+from morphometry.errors import InputError, MorphometryError, OutputError
 from morphometry.inputs import ScanRecord
 from morphometry.io import LoadLimits, Scan, load_scan, save_image
 from morphometry.labels import SYNTHSEG_2
@@ -219,9 +219,14 @@ class SegmentBatch:
                                                             min_size=bundle.min_size)
         self.timings: dict[str, float] = defaultdict(float)
 
-    def run(self, records: list[ScanRecord], progress) -> tuple[int, int]:
+    def run(self, records: list[ScanRecord], progress, should_stop: Callable[[], bool] = lambda: False,
+            compactor: journal.Compactor | None = None) -> tuple[int, int]:
         """Segment ``records``; ``progress`` has ``update(n)`` and ``write(message)`` (a
-        :class:`morphometry.progress.Progress`). Returns (succeeded, failed)."""
+        :class:`morphometry.progress.Progress`). Returns (succeeded, failed).
+
+        ``should_stop()`` true (a SIGTERM): no new scan starts, the scans being written are
+        journaled, those loaded but not yet segmented are left for a rerun. ``compactor``: told
+        of every entry recorded. A full disk raises OutputError (finished scans stay journaled)."""
         (self.out_dir / "seg").mkdir(parents=True, exist_ok=True)
         network_before = dict(self.engine.timings)
         succeeded = failed = 0
@@ -233,7 +238,7 @@ class SegmentBatch:
             pending: list[tuple[ScanRecord, list[Future], dict]] = []
 
             def refill():
-                while len(loading) < lookahead:
+                while len(loading) < lookahead and not should_stop():
                     rec = next(queue, None)
                     if rec is None:
                         return
@@ -246,28 +251,56 @@ class SegmentBatch:
                     ok = self._journal(rec, futures, info, progress)
                     succeeded, failed = succeeded + ok, failed + (not ok)
                     progress.update(1)
+                    if compactor is not None:
+                        compactor.recorded()
 
             refill()
             while loading:
+                if should_stop():
+                    for _, fut in loading:
+                        fut.cancel()
+                    break
                 rec, fut = loading.pop(0)
                 refill()
-                info = {"warnings": []}
-                try:
-                    scan, pre, timings = fut.result()
-                    info["warnings"] = scan.warnings
-                    for w in scan.warnings:
-                        progress.write(f"warning: {rec.path}: {w}")
-                    self._add(timings)
-                    futures = self._infer(rec, scan, pre, writers)
-                except _ScanFailure as exc:
-                    futures, info["error"] = [], (exc.stage, str(exc))
-                except Exception as exc:  # inference failure (e.g. out of memory): record, go on
-                    futures, info["error"] = [], ("inference", f"{rec.path}: {type(exc).__name__}: {exc}")
+                futures, info = self._begin(rec, fut.result, writers, progress)
                 pending.append((rec, futures, info))
                 drain(block=len(pending) > 2)
             drain(block=True)
         self.timings.update({f"network:{k}": v - network_before.get(k, 0.0) for k, v in self.engine.timings.items()})
         return succeeded, failed
+
+    def run_one(self, record: ScanRecord, progress) -> bool:
+        """Segment one scan now, in this thread (postprocessing and writing of a method overlap the
+        next method's inference), into the folder and its journal: the task of a cluster worker.
+        Returns True when it succeeded."""
+        (self.out_dir / "seg").mkdir(parents=True, exist_ok=True)
+        network_before = dict(self.engine.timings)
+        with ThreadPoolExecutor(1, thread_name_prefix="write") as writers:
+            futures, info = self._begin(record, lambda: _load_and_prepare(record, self.pre_config, self.limits),
+                                        writers, progress)
+            ok = self._journal(record, futures, info, progress)
+        for k, v in self.engine.timings.items():
+            self.timings[f"network:{k}"] += v - network_before.get(k, 0.0)
+        return ok
+
+    def _begin(self, rec: ScanRecord, load, writers: ThreadPoolExecutor, progress) -> tuple[list[Future], dict]:
+        """Load (``load()`` -> scan, preprocessed, timings) and run the networks of one scan, its
+        postprocessing and writing submitted to ``writers``; a failure goes into the info."""
+        info = {"warnings": []}
+        try:
+            scan, pre, timings = load()
+            info["warnings"] = scan.warnings
+            for w in scan.warnings:
+                progress.write(f"warning: {rec.path}: {w}")
+            self._add(timings)
+            futures = self._infer(rec, scan, pre, writers)
+        except _ScanFailure as exc:
+            futures, info["error"] = [], (exc.stage, str(exc))
+        except Exception as exc:  # inference failure (e.g. out of memory): record, go on
+            if no_space(exc):
+                raise disk_full(self.out_dir, exc) from None
+            futures, info["error"] = [], ("inference", f"{rec.path}: {type(exc).__name__}: {exc}")
+        return futures, info
 
     def _infer(self, rec: ScanRecord, scan: Scan, pre: Preprocessed, writers: ThreadPoolExecutor) -> list[Future]:
         futures = []
@@ -300,6 +333,8 @@ class SegmentBatch:
             except MorphometryError as exc:
                 info["error"] = ("postprocess", str(exc))
             except Exception as exc:
+                if no_space(exc):
+                    raise disk_full(self.out_dir, exc) from None
                 info["error"] = ("postprocess", f"{rec.path}: {type(exc).__name__}: {exc}")
         if "error" in info:
             stage, message = info["error"]
@@ -309,12 +344,24 @@ class SegmentBatch:
             entry.update(status="ok", rows=[row for row, _ in results])
             for _, timings in results:
                 self._add(timings)
-        journal.record(self.out_dir, entry)
+        try:
+            journal.record(self.out_dir, entry)
+        except OSError as exc:
+            if no_space(exc):
+                raise disk_full(self.out_dir, exc) from None
+            raise
         return entry["status"] == "ok"
 
     def _add(self, timings: dict) -> None:
         for key, value in timings.items():
             self.timings[key] += value
+
+
+def disk_full(out_dir: Path, exc: BaseException) -> OutputError:
+    """The error that stops a batch whose output folder has no space left."""
+    where = f" writing {Path(exc.filename).name}" if isinstance(exc, OSError) and exc.filename else ""
+    return OutputError(f"{out_dir}: no space left on the device or disk quota exceeded{where}; the batch stopped, "
+                       "finished scans are kept: free space and rerun with --resume")
 
 
 def remove_partial_writes(out_dir: Path) -> int:
@@ -332,8 +379,7 @@ def remove_partial_writes(out_dir: Path) -> int:
 def merge_outputs(out_dir: Path, sources: list[Path] | None = None, metadata: dict | None = None) -> tuple[int, int]:
     """Rebuild ``volumes.parquet``/``.csv`` and ``failures.csv`` of ``out_dir`` from the journals of
     ``sources`` (default: ``out_dir`` itself). Returns (rows, failures)."""
-    all_entries = [e for src in (sources or [out_dir]) for e in journal.entries(src)]
-    volumes, failures = journal.tables(all_entries)
+    volumes, failures = journal.merged_tables(sources or [out_dir])
     if not volumes.empty:
         write_volumes(volumes, out_dir, metadata)
     journal.write_failures(failures, out_dir)
@@ -367,7 +413,7 @@ def provenance(bundle: Bundle, engine: Engine, command, result: dict, started: d
         "platform": platform.platform(), "python": platform.python_version(),
         "versions": {**versions, "numpy": np.__version__, "nibabel": nib.__version__, "scipy": scipy.__version__},
         "device": engine.device, "engine": engine.engine, "precision": engine.config.precision,
-        "threads": engine.config.threads, **({"providers": providers} if providers else {}),
+        "threads": engine.config.threads, "slab": engine.slab, **({"providers": providers} if providers else {}),
         "bundle": {"path": str(bundle.root), "model_id": bundle.model_id, "bundle_json_sha256": bundle.sha256(),
                    "networks": {r: n.sha256 for r, n in bundle.networks.items()},
                    "provenance": bundle.provenance},

@@ -172,22 +172,43 @@ class GraphBuilder:
 def add_unet(g: GraphBuilder, x: str, spec: UNetSpec, weights: Weights) -> tuple[str, str]:
     """Append a U-Net reading tensor ``x``; return (logits, softmax posteriors) tensor names."""
     check_weights(spec, weights)
-    skips, t = [], x
-    for lev in range(spec.levels):
-        for c in range(spec.convs_per_level):
-            t = g.conv(t, f"conv_downarm_{lev}_{c}", *weights[f"conv_downarm_{lev}_{c}"], activation="elu")
-        skips.append(t)
-        t = g.batch_norm(t, f"bn_down_{lev}", *weights[f"bn_down_{lev}"])
-        if lev < spec.levels - 1:
-            t = g.max_pool(t, f"maxpool_{lev}")
-    for step in range(spec.levels - 1):
-        name = spec.levels + step
-        t = g.upsample(t, f"up_{name}")
-        if spec.keeps_skip(step):
-            t = g.op("Concat", [skips[spec.levels - 2 - step], t], f"merge_{name}", axis=1)
-        for c in range(spec.convs_per_level):
-            t = g.conv(t, f"conv_uparm_{name}_{c}", *weights[f"conv_uparm_{name}_{c}"], activation="elu")
-        t = g.batch_norm(t, f"bn_up_{step}", *weights[f"bn_up_{step}"])
+    return add_head(g, add_levels(g, x, spec, weights, 0), weights)
+
+
+def add_encoder_level(g: GraphBuilder, x: str, spec: UNetSpec, weights: Weights, level: int) -> tuple[str, str]:
+    """The convolutions and batch norm of encoder ``level``; return (skip, normalised output)."""
+    t = x
+    for c in range(spec.convs_per_level):
+        t = g.conv(t, f"conv_downarm_{level}_{c}", *weights[f"conv_downarm_{level}_{c}"], activation="elu")
+    return t, g.batch_norm(t, f"bn_down_{level}", *weights[f"bn_down_{level}"])
+
+
+def add_decoder_level(g: GraphBuilder, inner: str, skip: str | None, spec: UNetSpec, weights: Weights,
+                      level: int) -> str:
+    """The decoder step that returns to ``level``: upsample ``inner`` (the output of level + 1),
+    concatenate [skip, upsampled] where the step keeps its skip, convolutions, batch norm."""
+    step = spec.levels - 2 - level
+    name = spec.levels + step
+    t = g.upsample(inner, f"up_{name}")
+    if spec.keeps_skip(step):
+        t = g.op("Concat", [skip, t], f"merge_{name}", axis=1)
+    for c in range(spec.convs_per_level):
+        t = g.conv(t, f"conv_uparm_{name}_{c}", *weights[f"conv_uparm_{name}_{c}"], activation="elu")
+    return g.batch_norm(t, f"bn_up_{step}", *weights[f"bn_up_{step}"])
+
+
+def add_levels(g: GraphBuilder, x: str, spec: UNetSpec, weights: Weights, level: int) -> str:
+    """Levels ``level`` .. bottom and back: the output of the decoder step that returns to ``level``
+    (for the bottom level, its encoder output)."""
+    skip, t = add_encoder_level(g, x, spec, weights, level)
+    if level == spec.levels - 1:
+        return t
+    inner = add_levels(g, g.max_pool(t, f"maxpool_{level}"), spec, weights, level + 1)
+    return add_decoder_level(g, inner, skip, spec, weights, level)
+
+
+def add_head(g: GraphBuilder, t: str, weights: Weights) -> tuple[str, str]:
+    """The 1x1x1 ``likelihood`` convolution and the softmax; return (logits, posteriors)."""
     logits = g.conv(t, "likelihood", *weights["likelihood"], activation=None)
     return logits, softmax_channels(g, logits, "prediction")
 
@@ -223,3 +244,32 @@ def unet_model(spec: UNetSpec, weights: Weights, doc: str = "") -> onnx.ModelPro
     g = GraphBuilder()
     logits, post = add_unet(g, "input", spec, weights)
     return make_model(g, {"input": spec.in_channels}, {"logits": logits, "posteriors": post}, doc)
+
+
+def unet_parts(spec: UNetSpec, weights: Weights, split: int) -> dict[str, onnx.ModelProto]:
+    """The U-Net cut so that its top ``split`` levels can run in slabs (morphometry.segment.slabs).
+
+    ``enc{l}``: ``x`` -> ``skip`` (the skip tensor of level l) and ``pooled`` (its normalised output,
+    max-pooled); ``mid``: ``x`` (the pooled output of level split-1) -> ``features`` (levels split ..
+    bottom and back); ``dec{l}``: ``inner`` (the output of level l+1) [+ ``skip``] -> ``features``,
+    for l = 0 -> ``posteriors`` (likelihood and softmax). Composed, the parts compute what
+    :func:`unet_model` computes, with the same nodes.
+    """
+    if not 0 < split < spec.levels:
+        raise ValueError(f"split {split}: the network has {spec.levels} levels")
+    check_weights(spec, weights)
+    parts = {}
+    for level in range(split):
+        g = GraphBuilder()
+        skip, t = add_encoder_level(g, "x", spec, weights, level)
+        c_in = spec.in_channels if level == 0 else spec.width(level - 1)
+        parts[f"enc{level}"] = make_model(g, {"x": c_in}, {"skip": skip, "pooled": g.max_pool(t, f"maxpool_{level}")})
+        g = GraphBuilder()
+        keeps = spec.keeps_skip(spec.levels - 2 - level)
+        t = add_decoder_level(g, "inner", "skip" if keeps else None, spec, weights, level)
+        inputs = {"inner": spec.width(level + 1), **({"skip": spec.width(level)} if keeps else {})}
+        outputs = {"posteriors": add_head(g, t, weights)[1]} if level == 0 else {"features": t}
+        parts[f"dec{level}"] = make_model(g, inputs, outputs)
+    g = GraphBuilder()
+    parts["mid"] = make_model(g, {"x": spec.width(split - 1)}, {"features": add_levels(g, "x", spec, weights, split)})
+    return parts

@@ -61,6 +61,7 @@ class OpenVinoBackend:
         if threads:
             self._config["INFERENCE_NUM_THREADS"] = threads
         self._compiled: dict = {}
+        self._requests: dict = {}
 
     def compile(self, name: str, model: onnx.ModelProto) -> None:
         try:
@@ -91,6 +92,20 @@ class OpenVinoBackend:
         del request
         compiled.release_memory()
         return output
+
+    def infer(self, name: str, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        """Run a compiled graph on host arrays; return copies of the named outputs. The graph's
+        request (and its buffers) is kept for the next call until :meth:`release`."""
+        request = self._requests.get(name)
+        if request is None:
+            request = self._requests[name] = self._compiled[name].create_infer_request()
+        request.infer(feeds)
+        return [request.get_tensor(out).data.copy() for out in outputs]
+
+    def release(self, name: str) -> None:
+        """Free the request and the buffers of a graph run with :meth:`infer`."""
+        self._requests.pop(name, None)
+        self._compiled[name].release_memory()
 
     @staticmethod
     def host(handle: np.ndarray) -> np.ndarray:

@@ -99,6 +99,13 @@ class OrtBackend:
         binding.synchronize_outputs()
         return binding.get_outputs()[0]
 
+    def infer(self, name: str, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        """Run a compiled graph on host arrays; return the named outputs as host arrays."""
+        return self._sessions[name].run(outputs, feeds)
+
+    def release(self, name: str) -> None:
+        """Nothing to do: without the arena a session returns its memory after each run."""
+
     @staticmethod
     def host(handle) -> np.ndarray:
         return handle.numpy()

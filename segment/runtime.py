@@ -9,10 +9,15 @@ Engines (``RuntimeConfig.engine``): ``onnxruntime`` (CPU or CUDA, precisions fp3
 fp16) and ``openvino`` (CPU, precisions fp32 and bf16); ``auto`` takes ONNX Runtime on a GPU and
 OpenVINO on the CPU when it is installed (1.5 times ONNX Runtime's speed on the official
 networks, docs/benchmarks.md), else ONNX Runtime.
+
+With slabs (``RuntimeConfig.slab``; by default with OpenVINO) the segmentation stages run instead
+in slabs on host arrays (morphometry.segment.slabs): the same results in 0.4 (OpenVINO) or 0.5
+(ONNX Runtime) times the whole graphs' peak memory.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -25,12 +30,15 @@ from morphometry.errors import InputError, ModelError
 from morphometry.segment import stages
 from morphometry.segment.bundle import Bundle, require
 from morphometry.segment.methods import STAGES, Method
+from morphometry.segment.networks import UNetSpec, read_weights
 from morphometry.segment.openvino_backend import OpenVinoBackend, openvino_installed
 from morphometry.segment.ort_backend import OrtBackend, cuda_works
+from morphometry.segment.slabs import SlabPlan, SlabStages
 
 DEVICES = ("auto", "cpu", "cuda")  # the choices of RuntimeConfig.device
 ENGINES = ("auto", "onnxruntime", "openvino")  # the choices of RuntimeConfig.engine
 PRECISIONS = ("fp32", "fp16", "bf16")  # the choices of RuntimeConfig.precision
+AUTO_SLAB_ROWS = 16  # rows per slab when RuntimeConfig.slab is auto and the engine is OpenVINO
 
 
 @dataclass(frozen=True)
@@ -42,14 +50,20 @@ class RuntimeConfig:
     precision: str = "fp32"  # fp32 | fp16 (CUDA, ONNX Runtime) | bf16 (CPU with AVX512-BF16/AMX, OpenVINO)
     engine: str = "auto"  # auto | onnxruntime | openvino
     device_id: int = 0
+    slab: int | None = None  # rows of RAS axis 0 per slab (CPU); 0 = whole graphs; None = auto (resolve_slab)
 
 
 def choose_device(config: RuntimeConfig) -> str:
     """``cuda`` or ``cpu`` for the requested device (auto: CUDA when it works here, except for
-    OpenVINO or bf16, which run on the CPU)."""
+    OpenVINO, bf16 or slabs, which run on the CPU)."""
     if config.device not in DEVICES:
         raise InputError(f"{config.device!r}: choose {', '.join(DEVICES)}", setting="device")
-    cpu_only = config.engine == "openvino" or config.precision == "bf16"
+    slab = config.slab or 0
+    if slab < 0 or slab % 2:
+        raise InputError(f"{slab}: rows per slab must be an even number (0: whole graphs)", setting="slab")
+    if slab and config.device == "cuda":
+        raise InputError("slabs are a CPU memory saving; on a GPU the whole graphs run (use slab 0)", setting="slab")
+    cpu_only = config.engine == "openvino" or config.precision == "bf16" or slab > 0
     if config.device == "cuda" and cpu_only:
         what = "OpenVINO" if config.engine == "openvino" else "bf16"
         raise InputError(f"{what} runs on the CPU; use device cpu (or auto)", setting="device")
@@ -80,6 +94,15 @@ def choose_engine(config: RuntimeConfig, device: str) -> str:
     return engine
 
 
+def resolve_slab(config: RuntimeConfig, backend) -> int:
+    """Rows per slab for ``config`` on ``backend``: as set, or for ``None`` (auto) 16 with OpenVINO
+    (as fast as its whole graphs, 0.4 times their peak memory) and 0 otherwise (ONNX Runtime:
+    slabs halve its memory but take 1.2 times as long; GPUs run whole graphs). docs/benchmarks.md."""
+    if config.slab is not None:
+        return config.slab
+    return AUTO_SLAB_ROWS if backend.name == "openvino" else 0
+
+
 def make_backend(config: RuntimeConfig):
     """The engine's backend for ``config``: :class:`OrtBackend` or :class:`OpenVinoBackend`."""
     device = choose_device(config)
@@ -105,8 +128,17 @@ class Engine:
             require(bundle, {"qc"}, "QC")
         self.backend = make_backend(config)
         self.timings: dict[str, float] = defaultdict(float)
-        for name in {s for m in methods for s in m.chain}:
-            self.backend.compile(name, self._stage_model(name))
+        chain_stages = sorted({s for m in methods for s in m.chain})
+        self.slab = resolve_slab(config, self.backend)
+        if config.slab is None and any(self._spec(STAGES[s][0]) is None for s in chain_stages):
+            self.slab = 0  # auto: a network that cannot run in slabs runs whole, with the others
+        self.slabs = None
+        if self.slab:
+            self.slabs = SlabStages(self.backend, {s: self._architecture(STAGES[s][0]) for s in chain_stages},
+                                    SlabPlan(thickness=self.slab), self._flip_channels() if flip else None)
+        else:
+            for name in chain_stages:
+                self.backend.compile(name, self._stage_model(name))
         if parc:
             self.backend.compile("parc", stages.parcellation_stage(self._network("parc")))
         if qc:
@@ -128,6 +160,29 @@ class Engine:
         except Exception as exc:
             raise ModelError(f"{self.bundle.path(role)}: cannot load network {role} ({type(exc).__name__})") from None
 
+    def _spec(self, role: str) -> UNetSpec | None:
+        """The U-Net of ``role`` as bundle.json describes it; None when it is no plain U-Net (no
+        architecture record, or output channels re-ordered after the network)."""
+        arch = self.bundle.networks[role].architecture
+        if arch.get("network", "unet") != "unet" or not {"in_channels", "n_labels"} <= set(arch) \
+                or "zero_channels" in arch:
+            return None
+        fields = {f.name for f in dataclasses.fields(UNetSpec)}
+        return UNetSpec(**{k: v for k, v in arch.items() if k in fields})
+
+    def _architecture(self, role: str) -> tuple[UNetSpec, dict]:
+        """(spec, weights) of a U-Net of the bundle, for slab-wise evaluation."""
+        spec = self._spec(role)
+        if spec is None:
+            raise ModelError(f"{self.bundle.path(role)}: network {role} is not a plain U-Net in bundle.json "
+                             "(no architecture record, or re-ordered output channels); it cannot run in slabs "
+                             "(use slab 0)", setting="slab")
+        try:
+            return spec, read_weights(self._network(role), spec)
+        except ValueError as exc:
+            raise ModelError(f"{self.bundle.path(role)}: {exc}; it cannot run in slabs (use slab 0)",
+                             setting="slab") from None
+
     def _stage_model(self, stage: str) -> onnx.ModelProto:
         net = self._network(STAGES[stage][0])
         if stage == "s1":
@@ -146,11 +201,34 @@ class Engine:
         return SYNTHSEG_2.flip_channels
 
     def _run(self, name: str, feeds: dict):
-        """Run one stage; its output stays where the engine keeps it."""
+        """Run one stage graph; its output stays where the engine keeps it."""
         start = time.perf_counter()
         out = self.backend.run(name, feeds)
         self.timings[name] += time.perf_counter() - start
         return out
+
+    def _run_slabs(self, name: str, image: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
+        """Run one stage in slabs on host arrays."""
+        start = time.perf_counter()
+        out = self.slabs.run(name, image, previous)
+        self.timings[name] += time.perf_counter() - start
+        return out
+
+    def _stage(self, stage: str, x, image: np.ndarray, previous):
+        if self.slabs:
+            return self._run_slabs(stage, image, previous)
+        _, reads_image, reads_previous = STAGES[stage]
+        feeds = {"image": x} if reads_image else {}
+        if reads_previous:
+            feeds["previous"] = previous
+        return self._run(stage, feeds)
+
+    def _device_handles(self, handles) -> tuple:
+        """(image, posteriors) as the engine's tensors (slab results are host arrays)."""
+        x, posteriors = handles
+        if self.slabs:
+            return self.upload(x), self.backend.upload(posteriors[None])
+        return x, posteriors
 
     def upload(self, image: np.ndarray):
         """(X, Y, Z) float32 image -> engine tensor (1, 1, X, Y, Z)."""
@@ -162,7 +240,7 @@ class Engine:
         Results of shared chain prefixes are computed once; a stage's output is released as soon
         as the next stage has run on it, unless a later method starts from it.
         """
-        x = self.upload(image)
+        x = image if self.slabs else self.upload(image)
         cache: dict[tuple[str, ...], object] = {}
         for i, method in enumerate(self.methods):
             later = self.methods[i + 1:]
@@ -170,18 +248,12 @@ class Engine:
             for k, stage in enumerate(method.chain):
                 key = method.chain[: k + 1]
                 if key not in cache:
-                    _, reads_image, reads_previous = STAGES[stage]
-                    feeds = {}
-                    if reads_image:
-                        feeds["image"] = x
-                    if reads_previous:
-                        feeds["previous"] = previous
-                    cache[key] = self._run(stage, feeds)
+                    cache[key] = self._stage(stage, x, image, previous)
                 previous = cache[key]
                 for old in [c for c in cache if c != key and not any(m.chain[: len(c)] == c for m in later)]:
                     del cache[old]
             start = time.perf_counter()
-            host = self.backend.host(previous)[0]
+            host = previous if self.slabs else self.backend.host(previous)[0]
             self.timings["download"] += time.perf_counter() - start
             if not any(m.chain[: len(method.chain)] == method.chain for m in later):
                 del cache[method.chain]
@@ -189,9 +261,9 @@ class Engine:
 
     def parcellate(self, handles) -> np.ndarray:
         """Parcellation posteriors (69, X, Y, Z) from the image and a method's device posteriors."""
-        x, posteriors = handles
+        x, posteriors = self._device_handles(handles)
         return self.backend.host(self._run("parc", {"image": x, "previous": posteriors}))[0]
 
     def quality(self, handles) -> np.ndarray:
         """The 9 raw QC network outputs for a method's device posteriors."""
-        return self.backend.host(self._run("qc", {"previous": handles[1]}))[0]
+        return self.backend.host(self._run("qc", {"previous": self._device_handles(handles)[1]}))[0]

@@ -26,11 +26,13 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from morphometry.atomic import atomic_write
+from morphometry.atomic import atomic_write, no_space
+from morphometry.cluster import ClusterSpec, cluster_spec
 from morphometry.dicom_convert import convert_series
 from morphometry.dicom_records import COVARIATE_COLUMNS
 from morphometry.dicom_series import DicomOptions
-from morphometry.errors import InputError, ModelError
+from morphometry.errors import InputError, ModelError, OutputError
+from morphometry.folder_lock import FolderLock
 from morphometry.inputs import ScanRecord, Survey, discover, survey
 from morphometry.io import LoadLimits, Scan, check_image, load_scan, output_image
 from morphometry.progress import Progress, log
@@ -40,6 +42,7 @@ from morphometry.segment.batch import (
     SegmentBatch,
     SegmentOptions,
     Shard,
+    disk_full,
     finish_method,
     merge_outputs,
     network_outputs,
@@ -56,6 +59,7 @@ from morphometry.segment.preprocess import PreprocessConfig
 from morphometry.segment.runtime import DEVICES, Engine, RuntimeConfig
 from morphometry.segment.synthseg_files import subject_name
 from morphometry.segment.synthseg_tables import write_qc_csv, write_volumes_csv
+from morphometry.stopping import StopRequest
 from morphometry.tables import order_columns
 
 IN_MEMORY_ID = "image"  # scan_id of a nibabel image without a file name, unless one is given
@@ -131,6 +135,7 @@ class BatchResult:
     out_dir: Path
     volumes: pd.DataFrame  # volumes.parquet read back: every finished scan of the folder x method
     failures: pd.DataFrame  # failures.csv read back: scan_id, path, stage, error
+    interrupted: str | None = None  # the signal that stopped the run early (SIGTERM, SIGINT), else None
 
     @property
     def ok(self) -> bool:
@@ -156,7 +161,10 @@ class Segmenter:
     usable), ``cpu`` or ``cuda``; ``threads``: CPU threads of the networks (0: all cores);
     ``precision``: ``fp32``, ``fp16`` (CUDA only) or ``bf16`` (CPUs with AVX512-BF16 or AMX, OpenVINO);
     ``engine``: ``auto`` (OpenVINO on the CPU when installed, else ONNX Runtime), ``onnxruntime`` or
-    ``openvino``; ``head_window``: run the networks on the head's bounding box plus a margin
+    ``openvino``; ``slab``: on the CPU, run the networks' full-resolution levels in slabs of this many
+    rows (even; 0: whole graphs; None: 16 with OpenVINO, else 0): results equal to rounding, a
+    fraction of the memory (:mod:`morphometry.segment.slabs`); ``head_window``: run the networks on
+    the head's bounding box plus a margin
     instead of the whole padded field of view (:func:`~morphometry.segment.preprocess.head_window`;
     faster on scans with much air, results differ from the whole-image run, README);
     ``parc``: cortical parcellation and parcel volumes
@@ -177,13 +185,13 @@ class Segmenter:
 
     def __init__(self, models: str | os.PathLike | Bundle = "starter", methods: str | Iterable[str] = (DEFAULT_METHOD,),
                  device: str = "auto", threads: int = 0, *, precision: str = "fp32", engine: str = "auto",
-                 head_window: bool = False, parc: bool = False, qc: bool = False,
+                 slab: int | None = None, head_window: bool = False, parc: bool = False, qc: bool = False,
                  full_cleanup: bool = False, fast: bool = False, parcel_reference: str = "white_matter",
                  crop: int | Iterable[int] | None = None, ct: bool = False, workers: int = 2):
         if device not in DEVICES:
             raise InputError(f"{device!r}: choose {', '.join(DEVICES)}", setting="device")
         self.runtime = RuntimeConfig(device=device, threads=_whole(threads, "threads", 0), precision=precision,
-                                     engine=engine)
+                                     engine=engine, slab=None if slab is None else _whole(slab, "slab", 0))
         self.workers = _whole(workers, "workers", 1)
         self.options = SegmentOptions(parc=bool(parc), qc=bool(qc), full_cleanup=bool(full_cleanup), fast=bool(fast),
                                       parcel_reference=parcel_reference)
@@ -223,7 +231,7 @@ class Segmenter:
     def __repr__(self) -> str:
         return (f"Segmenter(models={str(self.bundle.root)!r}, methods={self.method_names!r}, "
                 f"device={self.runtime.device!r}, threads={self.runtime.threads}, "
-                f"precision={self.runtime.precision!r}, engine={self.runtime.engine!r}, "
+                f"precision={self.runtime.precision!r}, engine={self.runtime.engine!r}, slab={self.runtime.slab!r}, "
                 f"parc={self.options.parc}, qc={self.options.qc}, full_cleanup={self.options.full_cleanup}, "
                 f"fast={self.options.fast}, parcel_reference={self.options.parcel_reference!r}, "
                 f"crop={self.preprocessing.crop}, ct={self.preprocessing.ct_window is not None}, "
@@ -293,7 +301,8 @@ class Segmenter:
                      resume: bool = True, shard: str | Shard | None = None, progress: bool = True,
                      posteriors: bool = False, resampled: bool = False, volumes_format: str = "tidy",
                      command=None, series_filter: str | None = None, keep_identifiers: bool = False,
-                     id_key: str | os.PathLike | None = None) -> BatchResult:
+                     id_key: str | os.PathLike | None = None, cluster=None,
+                     cluster_config: str | os.PathLike | None = None) -> BatchResult:
         """Segment every scan of ``inputs`` (image files, folders searched recursively, BIDS
         datasets, manifest CSVs) into ``out_dir``, as ``morpho segment`` does.
 
@@ -304,6 +313,13 @@ class Segmenter:
         ``resume``: continue a batch already in ``out_dir`` (scans finished there are skipped,
         failed ones retried); False refuses a used folder. ``shard``: ``"K/N"`` or a
         :class:`~morphometry.segment.batch.Shard`, only the scans of shard K of N.
+        ``cluster``: run the scans on a Dask cluster, ``"local"``, ``"local:N"`` (N worker
+        processes here), ``"slurm"``, ``"pbs"`` (batch jobs through dask-jobqueue),
+        ``"tcp://HOST:PORT"`` (a running scheduler) or a :class:`~morphometry.cluster.ClusterSpec`;
+        ``cluster_config``: a YAML file of the cluster's settings (:func:`~morphometry.cluster.cluster_spec`).
+        Each worker process loads the bundle once and writes its scans' files and journal entries
+        into ``out_dir`` (shared with the workers); the tables are the same as without a cluster.
+        With several GPUs, one worker process per GPU; ``threads`` are per worker process.
         ``progress``: a bar on a terminal, else a log line every 5 %. ``volumes_format``:
         ``"tidy"`` (the tables above) or ``"synthseg"``: also ``volumes_synthseg.csv`` (and with QC
         ``qc_synthseg.csv``), the files ``mri_synthseg --vol/--qc`` writes, one row per finished
@@ -320,6 +336,7 @@ class Segmenter:
         """
         if volumes_format not in VOLUMES_FORMATS:
             raise InputError(f"{volumes_format!r}: choose {', '.join(VOLUMES_FORMATS)}", setting="volumes_format")
+        spec = cluster_spec(cluster, cluster_config)
         started = datetime.now(timezone.utc)
         dicom = DicomOptions(series_filter, self.preprocessing.ct_window is not None, bool(keep_identifiers),
                              None if id_key is None else Path(id_key))
@@ -330,34 +347,71 @@ class Segmenter:
                 shard = Shard.parse(shard)
             records = [r for r in records if shard.holds(r.scan_id)]
         out = Path(out_dir)
-        if journal.entries(out) and not resume:
-            raise InputError(f"{out} already holds results of an earlier batch; resume it or choose another "
-                             "output folder", setting="resume")
-        _write_dicom_tables(out, found, records, dicom)
-        done = journal.finished(out, list(self.method_names))
-        todo = [r for r in records if r.scan_id not in done]
-        remove_partial_writes(out)
-        todo, convert_failed = _convert_dicom(todo, out, self.workers, progress)
-        log.info(f"segmenting {len(todo)} scan(s) with {', '.join(self.method_names)} on {self.device}"
-                 + (f" ({len(records) - len(todo)} already done)" if len(todo) < len(records) else ""))
-        batch = SegmentBatch(self.bundle, self.engine, out, self.options, Outputs(posteriors, resampled),
-                             self.workers, self.limits, self.preprocessing)
-        with Progress(len(todo), "segment", "scan", enabled=progress) as bar:
-            succeeded, failed = batch.run(todo, bar)
-        rows, _ = merge_outputs(out, metadata={"model_id": self.bundle.model_id})
-        total = len(todo) + convert_failed
-        counts = {"total": total, "succeeded": succeeded, "failed": failed + convert_failed,
-                  "skipped": len(records) - total, "timings": dict(batch.timings)}
         if command is None:
             command = (f"{self!r}.segment_many({inputs!r}, {str(out)!r}, resume={resume}, shard={shard!r}, "
                        f"posteriors={posteriors}, resampled={resampled}, volumes_format={volumes_format!r}, "
                        f"series_filter={series_filter!r}, keep_identifiers={keep_identifiers}, "
                        f"id_key={None if id_key is None else str(id_key)!r})")
-        write_provenance(out, provenance(self.bundle, self.engine, command, counts, started))
-        volumes, failures = _read_tables(out, rows)
-        if volumes_format == "synthseg":
-            self._write_synthseg_tables(volumes, out)
+        with FolderLock(out, " ".join(command) if isinstance(command, list) else str(command)), \
+                StopRequest() as stop:
+            if journal.has_entries(out) and not resume:
+                raise InputError(f"{out} already holds results of an earlier batch; resume it or choose another "
+                                 "output folder", setting="resume")
+            _write_dicom_tables(out, found, records, dicom)
+            done = journal.finished(out, list(self.method_names))
+            todo = [r for r in records if r.scan_id not in done]
+            remove_partial_writes(out)
+            todo, convert_failed = _convert_dicom(todo, out, self.workers, progress)
+            log.info(f"segmenting {len(todo)} scan(s) with {', '.join(self.method_names)} on {self.device}"
+                     + (f" ({len(records) - len(todo)} already done)" if len(todo) < len(records) else ""))
+            batch = SegmentBatch(self.bundle, self.engine, out, self.options, Outputs(posteriors, resampled),
+                                 self.workers, self.limits, self.preprocessing)
+            full, compactor = None, journal.Compactor(out)
+            with Progress(len(todo), "segment", "scan", enabled=progress) as bar:
+                try:
+                    succeeded, failed = (batch.run(todo, bar, lambda: stop.requested, compactor) if spec is None else
+                                         self._on_cluster(spec, batch, todo, bar, lambda: stop.requested, compactor))
+                except OutputError as exc:  # a full disk: keep what is journaled, write what fits
+                    full, succeeded, failed = exc, None, None
+            compactor.wait()
+            rows, full = _finish_journal(out, self.bundle.model_id, full)
+            if succeeded is None:  # a full disk; provenance counts successes from the journal
+                succeeded, failed = len(journal.finished(out, list(self.method_names)) & {r.scan_id for r in todo}), 0
+            total = len(todo) + convert_failed
+            interrupted = "no space left" if full else stop.signal.name if stop.requested else None
+            counts = {"total": total, "succeeded": succeeded, "failed": failed + convert_failed,
+                      "skipped": len(records) - total, "timings": dict(batch.timings), "interrupted": interrupted}
+            try:
+                write_provenance(out, provenance(self.bundle, self.engine, command, counts, started))
+            except OSError as exc:
+                if not no_space(exc):
+                    raise
+                full = full or disk_full(out, exc)
+            if full is not None:
+                raise full
+            volumes, failures = _read_tables(out, rows)
+            if volumes_format == "synthseg":
+                self._write_synthseg_tables(volumes, out)
         return BatchResult(**counts, out_dir=out, volumes=volumes, failures=failures)
+
+    def _on_cluster(self, spec: ClusterSpec, batch: SegmentBatch, records: list[ScanRecord], bar,
+                    should_stop=lambda: False, compactor: journal.Compactor | None = None) -> tuple[int, int]:
+        """Run ``records`` on a Dask cluster instead of ``batch.run``: each worker process builds
+        ``batch``'s setup once and segments one scan per task into the same folder and journal
+        (:mod:`morphometry.segment.cluster_batch`); the timings go into ``batch.timings``.
+        ``should_stop`` and ``compactor``: as :meth:`SegmentBatch.run`'s."""
+        from morphometry.segment.cluster_batch import WorkerRecipe, local_processes, run_on_cluster, worker_threads
+
+        spec = local_processes(spec, self.device, self.runtime.threads)
+        runtime = dataclasses.replace(self.runtime, threads=worker_threads(spec, self.device, self.runtime.threads))
+        recipe = WorkerRecipe(self.bundle.root, self.methods, runtime, self.options, batch.outputs, batch.pre_config,
+                              batch.limits, batch.out_dir)
+        log.info(f"on a {spec.kind} cluster" + (f" of {spec.processes} worker process(es)" if spec.kind == "local"
+                                                 else ""))
+        run = run_on_cluster(recipe, records, spec, bar, should_stop, compactor)
+        batch.timings.update(run.timings)
+        batch.timings["cluster:task_wall"] = run.task_seconds
+        return run.succeeded, run.failed
 
     def _write_synthseg_tables(self, volumes: pd.DataFrame, out: Path) -> None:
         """``volumes_synthseg.csv`` (+ ``qc_synthseg.csv``) per method: the original's layout, rows
@@ -386,7 +440,7 @@ def merge(sources: str | os.PathLike | Iterable[str | os.PathLike], out_dir: str
     if not folders:
         raise InputError("no folders to merge", setting="sources")
     for src in folders:
-        if not journal.entries(src):
+        if not journal.has_entries(src):
             raise InputError(f"{src}: no segment results found (no {journal.JOURNAL_DIR}/ entries)")
     out = Path(out_dir)
     rows, _ = merge_outputs(out, folders)
@@ -456,6 +510,24 @@ def _convert_dicom(records: list[ScanRecord], out: Path, workers: int, progress:
                 log.warning(f"warning: {rec.scan_id}: {rec.extra['dicom_flags']}")
             kept.append(dataclasses.replace(rec, path=folder / f"{rec.scan_id}.nii.gz"))
     return kept, len(failed)
+
+
+def _finish_journal(out: Path, model_id: str, full: OutputError | None) -> tuple[int, OutputError | None]:
+    """Compact the journal of ``out`` and write its tables; after a full disk (``full``, or one met
+    here) the journal stays readable and the old tables stay. Returns (volumes rows, full)."""
+    try:
+        journal.compact(out)
+    except OSError as exc:  # the entries stay loose or claimed, readable; the next run compacts them
+        if not no_space(exc):
+            raise
+        full = full or disk_full(out, exc)
+    try:
+        rows, _ = merge_outputs(out, metadata={"model_id": model_id})
+    except OSError as exc:
+        if not no_space(exc):
+            raise
+        return 0, full or disk_full(out, exc)
+    return rows, full
 
 
 def _read_tables(out: Path, rows: int) -> tuple[pd.DataFrame, pd.DataFrame]:

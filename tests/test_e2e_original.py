@@ -69,6 +69,9 @@ pytestmark = pytest.mark.skipif(not available(), reason=f"e2e-original or keras-
 RUN_OF = {"default": "synthseg", "parc": "synthseg", "fast": "fast", "robust": "robust", "robust_parc": "robust"}
 IDENTITY = {"subject_id": None, "session_id": None, "path": None}
 INSTALLED_ENGINES = [e for e in ("onnxruntime", "openvino") if importlib.util.find_spec(e)]
+# (engine, rows per slab): every installed engine on whole graphs, and the CPU default (OpenVINO when
+# installed) in slabs
+CONFIGS = [(e, 0) for e in INSTALLED_ENGINES] + [(INSTALLED_ENGINES[-1], 16)]
 
 
 def _summary(mode: str, scan_name: str, pre, out) -> dict:
@@ -93,9 +96,9 @@ def _preprocessed(bundle, scan_name: str):
 class Runs:
     """Pipeline runs of the fixture scans, computed on first use and summarised per mode."""
 
-    def __init__(self, bundle, prepared, engine: str):
+    def __init__(self, bundle, prepared, engine: str, slab: int):
         self.prepared, self.done = prepared, {}
-        config = RuntimeConfig(device="cpu", engine=engine)
+        config = RuntimeConfig(device="cpu", engine=engine, slab=slab)
         self.engines = {
             "synthseg": Engine(bundle, [METHODS["synthseg"]], config, parc=True),
             "fast": Engine(bundle, [METHODS["synthseg"]], config, flip=False),
@@ -149,10 +152,10 @@ def prepared(bundle):
     return get
 
 
-@pytest.fixture(scope="module", params=INSTALLED_ENGINES)
+@pytest.fixture(scope="module", params=CONFIGS, ids=lambda c: f"{c[0]}-slab{c[1]}")
 def runs(bundle, prepared, request):
-    """Every mode's results, once per installed inference engine (all fp32)."""
-    return Runs(bundle, prepared, request.param)
+    """Every mode's results, once per installed inference engine and in slabs (all fp32)."""
+    return Runs(bundle, prepared, *request.param)
 
 
 def assert_same_grid(result: dict) -> None:

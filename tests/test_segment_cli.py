@@ -19,6 +19,7 @@ from conftest import head_phantom, save
 
 from morphometry.cli import main
 from morphometry.labels import STRUCTURES, SYNTHSEG_2
+from morphometry.segment import journal
 
 MORPHO = [sys.executable, "-m", "morphometry.cli"]
 
@@ -138,7 +139,9 @@ def test_kill_and_resume_without_loss_or_duplicates(tiny_bundle, tmp_path):
     proc.wait()
     done_before = _journal_count(out)
     assert 1 <= done_before < 4, "the kill should land in the middle of the batch"
-    first = {p: p.stat().st_mtime_ns for p in (out / ".journal").glob("*/*.json")}
+    done = [e["scan_id"] for e in journal.entries(out)]
+    first = {p: p.stat().st_mtime_ns for s in done for p in (out / "seg").glob(f"{s}_*.nii.gz")}
+    assert len(first) == done_before
     resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert f"({done_before} already done)" in resumed.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from morphometry.cli import cluster_options
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -45,7 +47,8 @@ def register(subparsers) -> None:
                         "hommel, fdr_bh, fdr_by; default: holm)")
     p.add_argument("--jobs", type=int, default=1, help="processes evaluating scans in parallel (default: 1)")
     p.add_argument("--no-figures", action="store_true", help="skip the box plots")
-    p.set_defaults(func=run_evaluate, flags=FLAGS)
+    cluster_options.add_arguments(p, "reference scan")
+    p.set_defaults(func=run_evaluate, flags={**FLAGS, **cluster_options.FLAGS})
 
 
 FLAGS = {"predictions": "--pred", "references": "--reference", "pred_method": "--pred-method", "grid": "--grid",
@@ -60,7 +63,8 @@ def run_evaluate(args) -> int:
 
     result = evaluate(args.pred, args.reference, grid=args.grid, msd=args.msd, labels=args.labels, qc=args.qc,
                       qc_from=args.qc_from, qc_thresholds=tuple(args.qc_thresholds), pred_method=args.pred_method,
-                      compare_to=args.compare_to, correction=args.correction, jobs=args.jobs)
+                      compare_to=args.compare_to, correction=args.correction, jobs=args.jobs,
+                      cluster=cluster_options.spec_from_args(args))
     out = result.write(args.output)
     if not args.no_figures:
         from morphometry.reports.evaluation_figures import fig5_boxplots

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
+from morphometry.cli import cluster_options
 from morphometry.segment.methods import DEFAULT_METHOD, METHODS
 from morphometry.segment.models import STARTER_BUNDLE as DEFAULT_BUNDLE
 
 # settings of the Segmenter and of segment_many -> the flags that set them
 FLAGS = {"models": "--models", "methods": "--method", "device": "--device", "threads": "--threads",
-         "workers": "--workers", "precision": "--precision", "engine": "--engine",
+         "workers": "--workers", "precision": "--precision", "engine": "--engine", "slab": "--slab",
          "head_window": "--head-window", "parc": "--parc", "qc": "--qc", "full_cleanup": "--full-cleanup",
          "fast": "--fast", "parcel_reference": "--parcel-reference", "resume": "--resume", "shard": "--shard",
          "volumes_format": "--volumes-format", "series_filter": "--series-filter", "ct": "--ct",
@@ -25,7 +27,9 @@ def register(sub) -> None:
                     "OUT/seg/<scan_id>_<method>.nii.gz, OUT/volumes.parquet and .csv, OUT/failures.csv "
                     "and OUT/provenance.json; with DICOM inputs also OUT/converted/<scan_id>.nii.gz, OUT/skipped.csv "
                     "(series left out, with reasons) and OUT/covariates.csv (age, sex for morpho fit-ageing). "
-                    "Exit code 0 when every scan succeeded, 1 otherwise.")
+                    "Exit code 0 when every scan succeeded, 1 otherwise; 143 (130) when SIGTERM (Ctrl-C) "
+                    "stopped the batch early (rerun with --resume); 2 on an error, e.g. the output folder in use by "
+                    "another batch or no space left on its device.")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files (.nii, .nii.gz, .mgz), folders (searched recursively; BIDS sub-*/ses-* "
                         "give subject and session; DICOM files of any name: one scan per usable series), zip "
@@ -49,6 +53,10 @@ def register(sub) -> None:
                    help="network arithmetic: fp32 (default), fp16 (CUDA only) or bf16 (CPUs with AVX512-BF16 or "
                         "AMX, engine openvino; hard labels agree with fp32 on >= 99.5 %% of voxels, see README)")
     p.add_argument("--fp16", action="store_true", help="same as --precision fp16")
+    p.add_argument("--slab", type=int, default=None, metavar="ROWS",
+                   help="CPU: run the networks' full-resolution levels in slabs of ROWS rows (even; 0 = whole "
+                        "graphs): the same results in 0.4-0.5 times the memory (default: 16 with OpenVINO, as fast "
+                        "as whole graphs; 0 with ONNX Runtime, where slabs take 1.2 times as long)")
     p.add_argument("--head-window", action="store_true",
                    help="run the networks on the head's bounding box plus 24 mm instead of the whole padded image "
                         "(faster on scans with much air around the head; results differ from the whole-image run, "
@@ -92,7 +100,8 @@ def register(sub) -> None:
                    help="DICOM: key file of the pseudonymous scan, subject and session ids, created on first use; "
                         "keep it to get the same ids in later runs and to re-identify "
                         "(default: ~/.config/morphometry/project.key)")
-    p.set_defaults(func=run_segment, flags=FLAGS)
+    cluster_options.add_arguments(p, local="one per GPU, else one per --threads cores")
+    p.set_defaults(func=run_segment, flags={**FLAGS, **cluster_options.FLAGS})
 
     m = sub.add_parser("merge", help="combine the outputs of several segment folders (shards) into one table",
                        description="Merge the journals of segment output folders into OUT/volumes.parquet, "
@@ -106,17 +115,24 @@ def run_segment(args: argparse.Namespace) -> int:
     from morphometry.progress import log
     from morphometry.segment.segmenter import Segmenter
 
+    cluster = cluster_options.spec_from_args(args)
     segmenter = Segmenter(args.models or "starter", args.method or (DEFAULT_METHOD,), args.device, args.threads,
-                          precision=_precision(args), engine=args.engine, head_window=args.head_window,
+                          precision=_precision(args), engine=args.engine, slab=args.slab,
+                          head_window=args.head_window,
                           parc=args.parc, qc=args.qc, full_cleanup=args.full_cleanup, fast=args.fast,
                           parcel_reference=args.parcel_reference, workers=args.workers, ct=args.ct)
     result = segmenter.segment_many(args.inputs, args.out, resume=args.resume, shard=args.shard,
                                     progress=args.verbosity >= 0, posteriors=args.posteriors,
                                     resampled=args.resampled, volumes_format=args.volumes_format,
                                     series_filter=args.series_filter, keep_identifiers=args.keep_identifiers,
-                                    id_key=args.id_key,
+                                    id_key=args.id_key, cluster=cluster,
                                     command=["morpho", *sys.argv[1:]])
     failures = len(result.failures)
+    if result.interrupted:
+        left = result.total - result.succeeded - result.failed
+        print(f"morpho segment: stopped by {result.interrupted} with {left} scan(s) left; tables written for the "
+              f"{len(result.volumes)} row(s) finished; rerun with --resume to finish", file=sys.stderr)
+        return 128 + signal.Signals[result.interrupted].value
     log.info(f"done: {result.succeeded} segmented, {result.failed} failed, {result.skipped} skipped; "
              f"{len(result.volumes)} rows in {args.out / 'volumes.parquet'}"
              + (f"; {failures} failure(s) listed in {args.out / 'failures.csv'}" if failures else ""))

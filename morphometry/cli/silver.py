@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from morphometry.cli import cluster_options
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -24,7 +26,8 @@ def register(subparsers) -> None:
                    help="fraction of the scan's voxels sampled by the metric per level (default: 0.25)")
     p.add_argument("--threads", type=int, default=0, help="SimpleITK threads (default: all cores)")
     p.add_argument("--seed", type=int, default=0, help="seed of the metric sampling (default: 0)")
-    p.set_defaults(func=run_silver, flags=FLAGS)
+    cluster_options.add_arguments(p)
+    p.set_defaults(func=run_silver, flags={**FLAGS, **cluster_options.FLAGS})
 
 
 FLAGS = {"sessions": "--sessions", "scans": "SCAN", "reference_image": "--reference-image",
@@ -38,7 +41,7 @@ def run_silver(args) -> int:
 
     result = silver(args.output, sessions=args.sessions, scans=args.scans, reference_image=args.reference_image,
                     reference_labels=args.reference_labels, init=args.init, sampling=args.sampling,
-                    threads=args.threads, seed=args.seed)
+                    threads=args.threads, seed=args.seed, cluster=cluster_options.spec_from_args(args))
     log.info(f"propagated labels to {len(result.registrations)} scan(s) of {result.n_sessions} session(s) -> "
              f"{args.output}")
     return 0 if result.ok else 1

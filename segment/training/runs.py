@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import pickle
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -116,6 +117,20 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """A checkpoint's state loaded with ``torch.load(weights_only=True)``: tensors, plain
+    containers, numbers and text; a file holding other pickled objects is refused (loading it
+    could run code) with InputError naming the file, as is an unreadable one."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path}: refused: the checkpoint holds pickled objects beyond tensors, numbers and text, "
+                         f"which could run code when loaded ({cause})") from None
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise InputError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
+
+
 @dataclass(frozen=True, eq=False)
 class TrainedRun:
     """A run folder's configuration, its last checkpoint's network (eval mode) and its record."""
@@ -181,7 +196,7 @@ def load_run(run_dir: str | Path) -> TrainedRun:
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         raise InputError(f"{run_dir}: no checkpoint to export (train first)")
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = load_checkpoint(ckpt)
     model = UNet(config.spec(), config.bn_momentum)
     model.load_state_dict(state["model"])
     model.eval()

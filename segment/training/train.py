@@ -35,6 +35,7 @@ from morphometry.segment.training.runs import (
     checkpoints,
     inference_stage,
     latest_checkpoint,
+    load_checkpoint,
     load_config,
     save_config,
 )
@@ -122,7 +123,7 @@ def _initial_weights(config: TrainConfig, model: UNet, device: torch.device) -> 
     if source.spec() != config.spec():
         raise _init_error(config, f"its network ({source.role}, width {source.width}, {source.levels} levels) "
                           "differs from this run's")
-    model.load_state_dict(torch.load(ckpt, map_location=device, weights_only=False)["model"])
+    model.load_state_dict(load_checkpoint(ckpt, device)["model"])
 
 
 def _init_error(config: TrainConfig, message: str) -> InputError:
@@ -208,7 +209,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, *, pro
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     start, elapsed = 1, 0.0
     if ckpt_path is not None:
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        state = load_checkpoint(ckpt_path, device)
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
         scaler.load_state_dict(state["scaler"])

@@ -1,0 +1,167 @@
+"""Slab-wise evaluation (morphometry.segment.slabs) against the whole graphs.
+
+A U-Net evaluated slab by slab must give what the whole graph gives: every slab's rows are
+computed from enough neighbouring rows (the halo) that the zero padding at a slab's cut never
+reaches them, so the only differences are the engine's rounding. Checked network by network (several
+architectures, slab thicknesses, depths of the cut, skip kept or recomputed), stage by stage
+through the Engine (tissue hand-overs, S2, the flip-averaged and smoothed ``synthseg``, D_all),
+and end to end through ``morpho segment --slab``; the whole pipeline in slabs is also held to the
+original's outputs in tests/test_e2e_original.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from morphometry.cli import main
+from morphometry.errors import InputError, ModelError
+from morphometry.segment.methods import METHODS
+from morphometry.segment.networks import UNetSpec, random_weights, unet_model
+from morphometry.segment.runtime import Engine, RuntimeConfig, choose_device, make_backend
+from morphometry.segment.segmenter import Segmenter
+from morphometry.segment.slabs import SlabPlan, SlabUNet, halo, row_slabs
+
+INSTALLED = [e for e in ("onnxruntime", "openvino") if importlib.util.find_spec(e)]
+TOL = 1e-5  # softmax outputs; the engines' rounding differs between shapes of the same graph
+
+SPECS = {
+    "k3-skips": UNetSpec(in_channels=2, n_labels=3, features=3, levels=4),
+    "k5-no-top-skips": UNetSpec(in_channels=5, n_labels=5, features=2, levels=4, kernel=5, skips_removed=2),
+    "one-conv-odd-halo": UNetSpec(in_channels=6, n_labels=4, features=2, levels=3, convs_per_level=1,
+                                  multiplier=1, skips_removed=1),
+}
+
+
+class Collect:
+    def __init__(self, channels, size):
+        self.array = np.full((channels, *size), np.nan, np.float32)
+        self.calls = []
+
+    def __call__(self, a, b, values):
+        self.calls.append((a, b))
+        self.array[:, a:b] = values
+
+
+def test_row_slabs_and_halo():
+    assert row_slabs(48, 10) == [(0, 10), (10, 20), (20, 30), (30, 40), (40, 48)]
+    assert row_slabs(32, 32) == [(0, 32)]
+    assert halo(SPECS["k3-skips"]) == 2  # 2 convolutions x 1 row
+    assert halo(SPECS["k5-no-top-skips"]) == 4  # 2 x 2
+    assert halo(SPECS["one-conv-odd-halo"]) == 2  # 1 x 1, rounded up to even
+
+
+@pytest.mark.parametrize("engine", INSTALLED)
+@pytest.mark.parametrize("name", SPECS)
+def test_slab_unet_equals_whole_graph(engine, name):
+    spec = SPECS[name]
+    rng = np.random.default_rng(5)
+    weights = random_weights(spec, rng)
+    backend = make_backend(RuntimeConfig(device="cpu", engine=engine, threads=1))
+    backend.compile("whole", unet_model(spec, weights))
+    size = (48, 32, 16) if spec.levels == 4 else (44, 24, 20)
+    x = rng.normal(size=(spec.in_channels, *size)).astype(np.float32)
+    (ref,) = backend.infer("whole", {"input": x[None]}, ["posteriors"])
+    for split in range(1, spec.levels):
+        for thickness in (4, 10, size[0]):
+            net = SlabUNet(backend, f"{split}-{thickness}", spec, weights, SlabPlan(thickness, split))
+            for keep in (True, False):
+                out = Collect(spec.n_labels, size)
+                net.run(lambda lo, hi: x[:, lo:hi], size, out, keep_top_skip=keep)
+                assert out.calls == row_slabs(size[0], thickness)
+                err = np.abs(out.array - ref[0]).max()
+                assert err <= TOL, f"split {split}, {thickness} rows, keep skip {keep}: {err}"
+
+
+def test_a_slab_cut_without_halo_would_differ(monkeypatch):
+    """The halo matters: with none, the rows next to each cut change (the check above can fail)."""
+    spec = SPECS["k3-skips"]
+    rng = np.random.default_rng(6)
+    weights = random_weights(spec, rng)
+    backend = make_backend(RuntimeConfig(device="cpu", engine=INSTALLED[0], threads=1))
+    backend.compile("whole", unet_model(spec, weights))
+    size = (48, 32, 16)
+    x = rng.normal(size=(spec.in_channels, *size)).astype(np.float32)
+    (ref,) = backend.infer("whole", {"input": x[None]}, ["posteriors"])
+    net = SlabUNet(backend, "no-halo", spec, weights, SlabPlan(8, 1))
+    net.halo = 0
+    out = Collect(spec.n_labels, size)
+    net.run(lambda lo, hi: x[:, lo:hi], size, out, keep_top_skip=True)
+    assert np.abs(out.array - ref[0]).max() > 1e-3
+
+
+@pytest.mark.parametrize("engine", INSTALLED)
+def test_engine_stages_in_slabs_equal_the_stage_graphs(tiny_bundle, engine):
+    """Every method (S1/D tissue hand-overs, S2, synthseg with the flip average and smoothing, D_all)."""
+    rng = np.random.default_rng(8)
+    image = rng.normal(size=(64, 64, 32)).astype(np.float32)
+    methods = list(METHODS.values())
+    results = {}
+    for slab in (0, 12):
+        eng = Engine(tiny_bundle, methods, RuntimeConfig(device="cpu", engine=engine, threads=1, slab=slab))
+        results[slab] = {m.name: post.copy() for m, _, post in eng.segment(image)}
+    for name in results[0]:
+        whole, slabs = results[0][name], results[12][name]
+        assert whole.shape == slabs.shape
+        close = np.abs(whole - slabs).max(axis=0) <= TOL
+        # argmax hand-overs can flip on exact near-ties between engines' rounding; none expected here
+        assert close.mean() >= 0.9999, f"{name}: {1 - close.mean():.2%} of voxels differ"
+
+
+def test_segment_cli_with_slabs_matches_whole(tiny_bundle, scan_folder, tmp_path):
+    inputs = [str(p) for p in sorted(scan_folder.rglob("*.nii*")) if "broken" not in p.name]
+    tables = {}
+    for slab in ("0", "8"):
+        out = tmp_path / f"slab{slab}"
+        code = main(["-q", "segment", *inputs, "-o", str(out), "--models", str(tiny_bundle.root), "--device", "cpu",
+                     "--method", "synthseg+", "--method", "synthseg", "--slab", slab])
+        assert code == 0
+        tables[slab] = pd.read_csv(out / "volumes.csv").set_index(["scan_id", "method"]).sort_index()
+        provenance = json.loads((out / "provenance.json").read_text())
+        assert provenance["slab"] == int(slab)
+    numeric = tables["0"].select_dtypes("number").columns
+    np.testing.assert_allclose(tables["8"][numeric], tables["0"][numeric], rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("engine", INSTALLED)
+def test_auto_slabs_with_openvino_only(tiny_bundle, engine):
+    seg = Segmenter(tiny_bundle, "synthseg+", device="cpu", engine=engine)
+    assert seg.engine.slab == (16 if engine == "openvino" else 0)
+    assert Segmenter(tiny_bundle, "synthseg+", device="cpu", engine=engine, slab=8).engine.slab == 8
+
+
+@pytest.mark.parametrize("slab", [3, -2])
+def test_bad_slab_is_refused(slab):
+    with pytest.raises(InputError, match="even number") as err:
+        choose_device(RuntimeConfig(device="cpu", slab=slab))
+    assert err.value.setting == "slab"
+
+
+def test_slab_on_a_gpu_is_refused():
+    with pytest.raises(InputError, match="CPU memory saving"):
+        choose_device(RuntimeConfig(device="cuda", slab=32))
+
+
+def test_cli_bad_slab_one_line(tiny_bundle, scan_folder, tmp_path, capsys):
+    code = main(["segment", str(scan_folder / "iso15.nii.gz"), "-o", str(tmp_path / "o"), "--models",
+                 str(tiny_bundle.root), "--device", "cpu", "--slab", "7"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--slab" in err[0] and "even" in err[0]
+
+
+def test_bundle_without_architecture_cannot_run_in_slabs(tiny_bundle, tmp_path):
+    root = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle.root, root)
+    doc = json.loads((root / "bundle.json").read_text())
+    doc["networks"]["s1"]["architecture"] = {}
+    (root / "bundle.json").write_text(json.dumps(doc))
+    with pytest.raises(ModelError, match="cannot run in slabs") as err:
+        Segmenter(root, "synthseg+", device="cpu", slab=32)
+    assert "s1" in str(err.value)
+    assert Segmenter(root, "synthseg+", device="cpu").engine.slab == 0  # auto: whole graphs need no record
+    assert Segmenter(root, "synthseg+", device="cpu", slab=0).engine.slab == 0

@@ -31,14 +31,14 @@ import nibabel as nib
 import numpy as np
 
 CONFIGS = {  # name -> Segmenter settings; the first is the reference of the agreement columns
-    "onnxruntime-fp32": dict(engine="onnxruntime", precision="fp32", head_window=False),
-    "openvino-fp32": dict(engine="openvino", precision="fp32", head_window=False),
-    "openvino-bf16": dict(engine="openvino", precision="bf16", head_window=False),
+    "onnxruntime-fp32": dict(engine="onnxruntime", precision="fp32", head_window=False, slab=0),
+    "openvino-fp32": dict(engine="openvino", precision="fp32", head_window=False, slab=0),
+    "openvino-bf16": dict(engine="openvino", precision="bf16", head_window=False, slab=0),
     "onnxruntime-fp32-slab": dict(engine="onnxruntime", precision="fp32", head_window=False, slab=16),
     "openvino-fp32-slab": dict(engine="openvino", precision="fp32", head_window=False, slab=16),
     "openvino-bf16-slab": dict(engine="openvino", precision="bf16", head_window=False, slab=16),
-    "openvino-fp32-window": dict(engine="openvino", precision="fp32", head_window=True),
-    "openvino-bf16-window": dict(engine="openvino", precision="bf16", head_window=True),
+    "openvino-fp32-window": dict(engine="openvino", precision="fp32", head_window=True, slab=0),
+    "openvino-bf16-window": dict(engine="openvino", precision="bf16", head_window=True, slab=0),
 }
 FOV = (197, 233, 189)  # voxels of the 1 mm scan (MNI-like; padded to 224 x 256 x 192)
 

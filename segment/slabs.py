@@ -39,7 +39,7 @@ class SlabPlan:
     """How a network runs in slabs: ``thickness`` rows (even) per slab at every slabbed level,
     ``split`` top levels slabbed (the rest runs whole)."""
 
-    thickness: int = 32
+    thickness: int = 16
     split: int = 2
 
 

@@ -122,6 +122,16 @@ class AgeingSpec:
         return dict(self.directions).get(structure, self.direction)
 
 
+def check_methods(table: pd.DataFrame, methods, source: str):
+    """``methods``, after an InputError naming ``source`` if any is not in the table's method column."""
+    present = list(dict.fromkeys(table["method"].astype(str)))
+    absent = [m for m in methods if m not in present]
+    if absent:
+        raise InputError(f"{source}: method(s) {', '.join(absent)} not in the table (present: "
+                         f"{', '.join(present)})", setting="methods")
+    return methods
+
+
 def resolve_structures(names, units: str) -> tuple[str, ...]:
     """Expand groups, check names; InputError for an unknown name."""
     out = [TOTAL_INTRACRANIAL] if units == "mm3" and any(n in ("summed", "lateral") for n in names) else []
@@ -300,13 +310,8 @@ class AgeingModel:
             except Exception as exc:  # pandas raises many types for a bad expression
                 raise InputError(f"{spec.where!r}: cannot evaluate on {source} "
                                  f"({type(exc).__name__}: {exc})", setting="where") from None
-        present = list(dict.fromkeys(table["method"].astype(str)))
         if spec.methods is not None:
-            absent = [m for m in spec.methods if m not in present]
-            if absent:
-                raise InputError(f"{source}: method(s) {', '.join(absent)} not in the table "
-                                 f"(present: {', '.join(present)})", setting="methods")
-            df = df[df["method"].isin(spec.methods)]
+            df = df[df["method"].isin(check_methods(table, spec.methods, source))]
         if df.empty:
             if spec.where:
                 raise DataError(f"{source}: no scans left to fit after selecting {spec.where!r}", setting="where")

@@ -27,7 +27,14 @@ from threadpoolctl import threadpool_limits
 
 from morphometry.analysis.ageing_api import ageing_table, normalised_settings
 from morphometry.analysis.ageing_metrics import age_grid
-from morphometry.analysis.ageing_model import AgeingSpec, parse_age, parse_sex, resolve_structures, structure_columns
+from morphometry.analysis.ageing_model import (
+    AgeingSpec,
+    check_methods,
+    parse_age,
+    parse_sex,
+    resolve_structures,
+    structure_columns,
+)
 from morphometry.analysis.norms_harmonise import learn_combat
 from morphometry.analysis.norms_model import (
     NormsDesign,
@@ -281,13 +288,8 @@ def fit_norms(volumes, covariates=None, *, structures=("summed",), methods=None,
         raise InputError(f"must be 0 or at least 2, not {bootstrap}", setting="bootstrap")
     table, source, inputs = _table(volumes, covariates, settings)
     structure_names = resolve_structures(settings.structures, "mm3")
-    present = list(dict.fromkeys(table["method"].astype(str)))
     if settings.methods is not None:
-        absent = [m for m in settings.methods if m not in present]
-        if absent:
-            raise InputError(f"{source}: method(s) {', '.join(absent)} not in the table (present: "
-                             f"{', '.join(present)})", setting="methods")
-        table = table[table["method"].isin(settings.methods)].reset_index(drop=True)
+        table = table[table["method"].isin(check_methods(table, settings.methods, source))].reset_index(drop=True)
     if table.empty:
         raise DataError(f"{source}: no scans to fit", setting="where" if settings.where else None)
     cov = _covariates(table, settings, source)
@@ -302,7 +304,7 @@ def fit_norms(volumes, covariates=None, *, structures=("summed",), methods=None,
     lookup = {s: i for i, s in enumerate(design.sites)}
     site_index = np.array([lookup.get(s, -1) for s in cov.site], dtype=int)
     xl, xs = design.matrices(cov.age, cov.spacing, cov.male, site_index)
-    methods_fitted = tuple(m for m in present if settings.methods is None or m in settings.methods)
+    methods_fitted = tuple(dict.fromkeys(table["method"].astype(str)))  # the table holds only the chosen methods
     method_col = table["method"].astype(str).to_numpy()
     fits, starts, combat, outliers, fitted_volumes = {}, {}, {}, [], {}
     with threadpool_limits(1, user_api="blas"), \

@@ -43,6 +43,7 @@ from morphometry.segment.postprocess import (
 )
 from morphometry.segment.preprocess import PreprocessConfig, Preprocessed, preprocess
 from morphometry.segment.runtime import Engine
+from morphometry.segment.streamed_postprocess import FastStream
 from morphometry.tables import write_volumes
 from morphometry.volumes import PARCEL_REFERENCES, channel_sums, parcel_volumes, qc_scores, volumes_from_sums
 
@@ -105,7 +106,7 @@ class NetworkOutput:
     """The network outputs of one method for one scan, on the padded RAS-aligned grid."""
 
     method: Method
-    posteriors: np.ndarray  # (C, X, Y, Z) float32; postprocessing overwrites it
+    posteriors: np.ndarray | FastStream  # (C, X, Y, Z) float32, overwritten by postprocessing; or streamed
     parcellation: np.ndarray | None  # (69, X, Y, Z) float32 with parcellation
     qc: np.ndarray | None  # the 9 raw QC network outputs with QC
 
@@ -134,12 +135,30 @@ def prepare(scan: Scan, config: PreprocessConfig) -> Preprocessed:
         raise InputError(f"{scan.path}: cannot preprocess ({type(exc).__name__}: {exc})") from None
 
 
-def network_outputs(engine: Engine, pre: Preprocessed, options: SegmentOptions) -> Iterator[NetworkOutput]:
-    """Run every method of ``engine`` (and parcellation / QC as ``options`` ask) on a preprocessed scan."""
-    for method, handles, posteriors in engine.segment(pre.network_image):
+def network_outputs(engine: Engine, pre: Preprocessed, options: SegmentOptions,
+                    keep_posteriors: bool = False) -> Iterator[NetworkOutput]:
+    """Run every method of ``engine`` (and parcellation / QC as ``options`` ask) on a preprocessed scan.
+
+    A method postprocessed in fast mode whose posteriors are needed only for labels and volumes
+    (no parcellation, QC or ``keep_posteriors``) streams them slab by slab into a
+    :class:`FastStream` where the engine can (:meth:`Engine.streams`): the same results without
+    holding the 33-channel posteriors (1.45 GB at 1 mm)."""
+    sinks = {}
+    if not (options.parc or options.qc or keep_posteriors):
+        for method in engine.methods:
+            config = postprocess_config(method, options.full_cleanup, options.fast)
+            if not config.topology and engine.streams(method):
+                sinks[method.name] = FastStream(SYNTHSEG_2, pre.network_image.shape, pre.network_inner, config)
+    for method, handles, posteriors in engine.segment(pre.network_image, sinks):
         parc = engine.parcellate(handles) if options.parc else None
         qc = engine.quality(handles) if options.qc else None
         yield NetworkOutput(method, posteriors, parc, qc)
+
+
+def postprocess_config(method: Method, full_cleanup: bool, fast: bool) -> PostprocessConfig:
+    """The clean-up of ``method``: topology as the original for the method unless ``full_cleanup``
+    or ``fast`` (:class:`SegmentOptions`) say otherwise; it overwrites the network output."""
+    return PostprocessConfig(topology=(method.topology or full_cleanup) and not fast, in_place=True)
 
 
 def finish_method(identity: dict, scan: Scan, pre: Preprocessed, net: NetworkOutput, *, model_id: str,
@@ -158,12 +177,19 @@ def finish_method(identity: dict, scan: Scan, pre: Preprocessed, net: NetworkOut
     networks' outputs cover the window; the rest of the grid is background.
     """
     start = time.perf_counter()
-    config = PostprocessConfig(topology=(net.method.topology or full_cleanup) and not fast, in_place=True)
-    seg = postprocess(net.posteriors, SYNTHSEG_2, pre.network_inner, config)
     row = {key: identity[key] for key in ("scan_id", "subject_id", "session_id", "path")}
     row.update(method=net.method.name, model_id=model_id, **scan.info.acquisition_columns())
     row.update({k: v for k, v in identity.items() if k not in row})
-    sums = channel_sums(seg.posteriors, pre.alignment.flips, np.float32 if pre.crop is None else np.float64)
+    dtype = np.float32 if pre.crop is None else np.float64
+    if isinstance(net.posteriors, FastStream):
+        if net.parcellation is not None or keep_posteriors:
+            raise ValueError("streamed posteriors give labels and volumes only")
+        seg = net.posteriors.result()
+        sums = seg.channel_sums(pre.alignment.flips, dtype)
+    else:
+        config = postprocess_config(net.method, full_cleanup, fast)
+        seg = postprocess(net.posteriors, SYNTHSEG_2, pre.network_inner, config)
+        sums = channel_sums(seg.posteriors, pre.alignment.flips, dtype)
     row.update(volumes_from_sums(sums, SYNTHSEG_2, pre.voxel_volume_mm3))
     labels = seg.labels
     if net.parcellation is not None:
@@ -305,7 +331,7 @@ class SegmentBatch:
     def _infer(self, rec: ScanRecord, scan: Scan, pre: Preprocessed, writers: ThreadPoolExecutor) -> list[Future]:
         futures = []
         identity = record_identity(rec)
-        for net in network_outputs(self.engine, pre, self.options):
+        for net in network_outputs(self.engine, pre, self.options, self.outputs.posteriors):
             futures.append(writers.submit(self._finish_and_write, identity, scan, pre, net))
             wait([f for f in futures if not f.done()][:-1])  # bound the posteriors held in host memory
         if self.outputs.resampled and pre.resampled:

@@ -33,7 +33,7 @@ from morphometry.segment.methods import STAGES, Method
 from morphometry.segment.networks import UNetSpec, read_weights
 from morphometry.segment.openvino_backend import OpenVinoBackend, openvino_installed
 from morphometry.segment.ort_backend import OrtBackend, cuda_works
-from morphometry.segment.slabs import SlabPlan, SlabStages
+from morphometry.segment.slabs import STREAMED_STAGES, SlabPlan, SlabStages
 
 DEVICES = ("auto", "cpu", "cuda")  # the choices of RuntimeConfig.device
 ENGINES = ("auto", "onnxruntime", "openvino")  # the choices of RuntimeConfig.engine
@@ -207,16 +207,16 @@ class Engine:
         self.timings[name] += time.perf_counter() - start
         return out
 
-    def _run_slabs(self, name: str, image: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
-        """Run one stage in slabs on host arrays."""
+    def _run_slabs(self, name: str, image: np.ndarray, previous: np.ndarray | None, sink=None):
+        """Run one stage in slabs on host arrays (its posteriors into ``sink`` when given)."""
         start = time.perf_counter()
-        out = self.slabs.run(name, image, previous)
+        out = self.slabs.run(name, image, previous, sink)
         self.timings[name] += time.perf_counter() - start
         return out
 
-    def _stage(self, stage: str, x, image: np.ndarray, previous):
+    def _stage(self, stage: str, x, image: np.ndarray, previous, sink=None):
         if self.slabs:
-            return self._run_slabs(stage, image, previous)
+            return self._run_slabs(stage, image, previous, sink)
         _, reads_image, reads_previous = STAGES[stage]
         feeds = {"image": x} if reads_image else {}
         if reads_previous:
@@ -234,21 +234,37 @@ class Engine:
         """(X, Y, Z) float32 image -> engine tensor (1, 1, X, Y, Z)."""
         return self.backend.upload(np.asarray(image, dtype=np.float32)[None, None])
 
-    def segment(self, image: np.ndarray) -> Iterator[tuple[Method, object, np.ndarray]]:
-        """Yield (method, device posteriors, host posteriors (C, X, Y, Z)) for every method.
+    def streams(self, method: Method) -> bool:
+        """True when ``method``'s final posteriors can go slab by slab into a sink (see
+        :meth:`segment`): slabs are on, its last stage has no whole-volume glue, and no later
+        method of this engine continues from its output."""
+        later = self.methods[self.methods.index(method) + 1:]
+        return bool(self.slabs) and method.chain[-1] in STREAMED_STAGES and \
+            not any(m.chain[: len(method.chain)] == method.chain for m in later)
+
+    def segment(self, image: np.ndarray, sinks: dict | None = None) -> Iterator[tuple[Method, object, object]]:
+        """Yield (method, device handles, host posteriors (C, X, Y, Z)) for every method.
 
         Results of shared chain prefixes are computed once; a stage's output is released as soon
-        as the next stage has run on it, unless a later method starts from it.
+        as the next stage has run on it, unless a later method starts from it. ``sinks``: method
+        name -> a slab sink (morphometry.segment.slabs.Sink) for methods that :meth:`streams`: their
+        posteriors go into it and it is yielded in their place, with no device handles.
         """
+        sinks = sinks or {}
+        for name in sinks:
+            if not any(m.name == name and self.streams(m) for m in self.methods):
+                raise ValueError(f"method {name} cannot stream its posteriors with this engine")
         x = image if self.slabs else self.upload(image)
         cache: dict[tuple[str, ...], object] = {}
         for i, method in enumerate(self.methods):
             later = self.methods[i + 1:]
             previous = None
+            sink = sinks.get(method.name)
             for k, stage in enumerate(method.chain):
                 key = method.chain[: k + 1]
                 if key not in cache:
-                    cache[key] = self._stage(stage, x, image, previous)
+                    last = k == len(method.chain) - 1
+                    cache[key] = self._stage(stage, x, image, previous, sink if last else None)
                 previous = cache[key]
                 for old in [c for c in cache if c != key and not any(m.chain[: len(c)] == c for m in later)]:
                     del cache[old]
@@ -257,7 +273,7 @@ class Engine:
             self.timings["download"] += time.perf_counter() - start
             if not any(m.chain[: len(method.chain)] == method.chain for m in later):
                 del cache[method.chain]
-            yield method, (x, previous), host
+            yield method, None if sink is not None else (x, previous), host
 
     def parcellate(self, handles) -> np.ndarray:
         """Parcellation posteriors (69, X, Y, Z) from the image and a method's device posteriors."""

@@ -265,7 +265,7 @@ class Segmenter:
             log.warning(f"warning: {scan.path}: {warning}")
         pre = prepare(scan, self.preprocessing)
         results = {}
-        for net in network_outputs(self.engine, pre, self.options):
+        for net in network_outputs(self.engine, pre, self.options, posteriors):
             out = finish_method(identity, scan, pre, net, model_id=self.bundle.model_id,
                                 full_cleanup=self.options.full_cleanup, fast=self.options.fast,
                                 parcel_reference=self.options.parcel_reference, keep_posteriors=posteriors)

@@ -32,6 +32,7 @@ from morphometry.segment.stages import SMOOTHING_SIGMA, gaussian_kernel_1d
 
 Source = Callable[[int, int], np.ndarray]  # rows [lo, hi) of axis 0 -> network input (C, hi - lo, Y, Z)
 Sink = Callable[[int, int, np.ndarray], None]  # rows [a, b) and the output there (C, b - a, Y, Z)
+STREAMED_STAGES = ("s2", "d_all")  # stages whose posteriors can go to a sink slab by slab (no whole-volume glue)
 
 
 @dataclass(frozen=True)
@@ -158,8 +159,12 @@ class SlabStages:
         self.flip = flip
         self.nets = {role: SlabUNet(backend, role, spec, weights, plan) for role, (spec, weights) in networks.items()}
 
-    def run(self, stage: str, image: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
+    def run(self, stage: str, image: np.ndarray, previous: np.ndarray | None, sink: Sink | None = None):
+        """The stage's output: tissue labels, or posteriors (C, X, Y, Z); with ``sink`` (stages
+        ``s2`` and ``d_all``) the posteriors go to it slab by slab and the sink is returned."""
         size = image.shape
+        if sink is not None and stage not in STREAMED_STAGES:
+            raise ValueError(f"stage {stage} cannot stream its output (streamed: {', '.join(STREAMED_STAGES)})")
         if stage in ("s1", "d"):
             labels = np.empty(size, np.uint8)
 
@@ -171,7 +176,7 @@ class SlabStages:
             self.nets[stage].run(source, size, to_labels, keep_top_skip=True)
             return labels
         net = self.nets[stage]
-        posteriors = _ArrayOutput(net.spec.n_labels, size)
+        posteriors = _ArrayOutput(net.spec.n_labels, size) if sink is None else sink
         if stage == "s2":
             groups = net.spec.in_channels - 1
             source = lambda lo, hi: np.concatenate([image[None, lo:hi], one_hot(previous[lo:hi], groups)])  # noqa: E731
@@ -180,6 +185,8 @@ class SlabStages:
         else:
             source = _rows_of(image[None])
         net.run(source, size, posteriors, keep_top_skip=False)
+        if sink is not None:
+            return sink
         out = posteriors.array
         if stage == "synthseg":
             if self.flip is not None:

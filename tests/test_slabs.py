@@ -165,3 +165,48 @@ def test_bundle_without_architecture_cannot_run_in_slabs(tiny_bundle, tmp_path):
     assert "s1" in str(err.value)
     assert Segmenter(root, "synthseg+", device="cpu").engine.slab == 0  # auto: whole graphs need no record
     assert Segmenter(root, "synthseg+", device="cpu", slab=0).engine.slab == 0
+
+
+def test_which_methods_stream(tiny_bundle):
+    methods = [METHODS[n] for n in ("synthseg+", "s1+s2", "s1+s2+d", "synthseg", "synthseg+d")]
+    from morphometry.segment.methods import resolve_methods
+
+    eng = Engine(tiny_bundle, resolve_methods([m.name for m in methods]),
+                 RuntimeConfig(device="cpu", engine=INSTALLED[0], threads=1, slab=8))
+    streams = {m.name: eng.streams(m) for m in eng.methods}
+    # s1+s2's posteriors feed s1+s2+d; synthseg's stage smooths the whole volume
+    assert streams == {"synthseg+": True, "s1+s2": False, "s1+s2+d": True, "synthseg": False, "synthseg+d": True}
+    whole = Engine(tiny_bundle, [METHODS["synthseg+"]], RuntimeConfig(device="cpu", engine=INSTALLED[0], slab=0))
+    assert not whole.streams(METHODS["synthseg+"])
+    with pytest.raises(ValueError, match="cannot stream"):
+        next(eng.segment(np.zeros((32, 32, 32), np.float32), {"s1+s2": object()}))
+
+
+def test_streamed_postprocessing_gives_the_dense_results(tmp_path, monkeypatch):
+    """Labels and volumes of a streamed method equal those postprocessed from its whole posteriors
+    (asked for with ``posteriors=True``, which turns streaming off)."""
+    from morphometry.segment import streamed_postprocess
+
+    calls = []
+    original = streamed_postprocess.FastStream.result
+    monkeypatch.setattr(streamed_postprocess.FastStream, "result", lambda self: calls.append(1) or original(self))
+    import nibabel as nib
+
+    from morphometry.segment.synthesis.anatomy import default_anatomy
+
+    anatomy = default_anatomy().downsampled(2)  # a head the starter models segment (2 mm)
+    rng = np.random.default_rng(0)
+    image = rng.uniform(20, 120, size=int(anatomy.labels.max()) + 1)[anatomy.labels] + rng.normal(0, 3, anatomy.labels.shape)
+    scan = tmp_path / "head.nii.gz"
+    nib.save(nib.Nifti1Image(image.astype(np.float32), anatomy.affine), scan)
+    seg = Segmenter("starter", ["synthseg+", "s1+s2+d"], device="cpu", engine=INSTALLED[-1], slab=16)
+    streamed = seg.segment(scan)
+    assert len(calls) == 2
+    dense = seg.segment(scan, posteriors=True)
+    assert len(calls) == 2
+    for name in ("synthseg+", "s1+s2+d"):
+        np.testing.assert_array_equal(streamed[name].labels.get_fdata(), dense[name].labels.get_fdata())
+        row, ref = streamed[name].volumes, dense[name].volumes
+        numbers = [k for k, v in ref.items() if isinstance(v, float)]
+        assert len(numbers) > 30 and ref["total_intracranial"] > 0
+        np.testing.assert_array_equal(row[numbers].to_numpy(float), ref[numbers].to_numpy(float))

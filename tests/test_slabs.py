@@ -196,7 +196,8 @@ def test_streamed_postprocessing_gives_the_dense_results(tmp_path, monkeypatch):
 
     anatomy = default_anatomy().downsampled(2)  # a head the starter models segment (2 mm)
     rng = np.random.default_rng(0)
-    image = rng.uniform(20, 120, size=int(anatomy.labels.max()) + 1)[anatomy.labels] + rng.normal(0, 3, anatomy.labels.shape)
+    means = rng.uniform(20, 120, size=int(anatomy.labels.max()) + 1)
+    image = means[anatomy.labels] + rng.normal(0, 3, anatomy.labels.shape)
     scan = tmp_path / "head.nii.gz"
     nib.save(nib.Nifti1Image(image.astype(np.float32), anatomy.affine), scan)
     seg = Segmenter("starter", ["synthseg+", "s1+s2+d"], device="cpu", engine=INSTALLED[-1], slab=16)

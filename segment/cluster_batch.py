@@ -208,14 +208,31 @@ def run_on_cluster(recipe: WorkerRecipe, records, spec: ClusterSpec, progress,
     return out
 
 
-def local_processes(spec: ClusterSpec, device: str, threads: int) -> ClusterSpec:
+def local_processes(spec: ClusterSpec, device: str, threads: int, scan_gb: float) -> ClusterSpec:
     """``spec`` with its worker processes settled for a local cluster: as given, else one per GPU
-    visible (``device`` cuda), else one per ``threads`` CPU cores (0: one in all)."""
+    visible (``device`` cuda), else as many scans in flight as both the cores (one per ``threads``
+    cores; 0: one per core) and the available memory (``scan_gb`` GB per scan) allow."""
     if spec.kind != "local" or spec.processes is not None:
         return spec
     gpus = len(_visible_gpus()) if device == "cuda" else 0
+    if gpus:
+        return dataclasses.replace(spec, processes=gpus)
     cores = os.cpu_count() or 1
-    return dataclasses.replace(spec, processes=gpus or max(1, cores // threads if threads else 1))
+    by_cores = cores // threads if threads else cores
+    by_memory = int(available_memory_gb() // scan_gb)
+    return dataclasses.replace(spec, processes=max(1, min(by_cores, by_memory)))
+
+
+def available_memory_gb() -> float:
+    """Memory this machine can give new processes (GB): MemAvailable of /proc/meminfo, else all of it."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1e6
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
 
 
 def worker_threads(spec: ClusterSpec, device: str, threads: int) -> int:

@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 
 from morphometry.errors import InputError, ModelError
+from morphometry.heap import release_free_heap
 from morphometry.segment import stages
 from morphometry.segment.bundle import Bundle, require
 from morphometry.segment.methods import STAGES, Method
@@ -39,6 +40,8 @@ DEVICES = ("auto", "cpu", "cuda")  # the choices of RuntimeConfig.device
 ENGINES = ("auto", "onnxruntime", "openvino")  # the choices of RuntimeConfig.engine
 PRECISIONS = ("fp32", "fp16", "bf16")  # the choices of RuntimeConfig.precision
 AUTO_SLAB_ROWS = 16  # rows per slab when RuntimeConfig.slab is auto and the engine is OpenVINO
+SCAN_PEAK_GB = {  # (engine, in slabs) -> peak resident GB of one synthseg+ scan at 1 mm (docs/benchmarks.md)
+    ("onnxruntime", False): 7.5, ("onnxruntime", True): 2.3, ("openvino", False): 14.2, ("openvino", True): 4.3}
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,7 @@ class Engine:
             self.backend.compile("parc", stages.parcellation_stage(self._network("parc")))
         if qc:
             self.backend.compile("qc", stages.qc_stage(self._network("qc")))
+        release_free_heap()  # what compiling freed (about 0.3 GB for the official networks)
 
     @property
     def device(self) -> str:
@@ -153,6 +157,12 @@ class Engine:
     def engine(self) -> str:
         """``onnxruntime`` or ``openvino``."""
         return self.backend.name
+
+    @property
+    def scan_peak_gb(self) -> float:
+        """Memory (GB) to plan per scan in flight on the CPU: the measured peak of a 1 mm head
+        (224 x 256 x 192 network grid, official networks) with this engine, whole or in slabs."""
+        return SCAN_PEAK_GB[(self.engine, bool(self.slab))]
 
     def _network(self, role: str) -> onnx.ModelProto:
         try:

@@ -402,7 +402,7 @@ class Segmenter:
         ``should_stop`` and ``compactor``: as :meth:`SegmentBatch.run`'s."""
         from morphometry.segment.cluster_batch import WorkerRecipe, local_processes, run_on_cluster, worker_threads
 
-        spec = local_processes(spec, self.device, self.runtime.threads)
+        spec = local_processes(spec, self.device, self.runtime.threads, self.engine.scan_peak_gb)
         runtime = dataclasses.replace(self.runtime, threads=worker_threads(spec, self.device, self.runtime.threads))
         recipe = WorkerRecipe(self.bundle.root, self.methods, runtime, self.options, batch.outputs, batch.pre_config,
                               batch.limits, batch.out_dir)

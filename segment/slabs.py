@@ -9,14 +9,16 @@ per level down) run whole, and a stage's result is written into its output array
   h = convolutions x (kernel // 2), rounded up to even, covers the rows that the convolutions' zero
   padding at the slab's cut would reach; pooled rows [a/2, b/2) follow because a and b are even;
 - decoder level l: rows [a, b) from the inner (coarser) output's rows [(a - h)/2, (b + h)/2) and the
-  skip tensor's rows [a - h, b + h); the level-l skip is kept whole below the top level, and at the
-  top level either kept (stages with a small output: tissue labels) or recomputed for each slab
-  from the input (stages with 33-channel posteriors, which would otherwise hold both at once).
+  skip tensor's rows [a - h, b + h); the level-l skip is kept whole below the top level and
+  recomputed for each slab from the input at the top level (holding it would cost 1 GB at 1 mm,
+  recomputing it about a sixth more work at that level).
 
 Every voxel of the result is computed with the same operations on the same values as the whole
 graph (morphometry.segment.networks.unet_parts), so results agree with it to rounding.
 Stage glue (argmax hand-overs, concatenation with the image, the left-right flip average and the
-posterior smoothing of ``synthseg``) is done on the host between slabs.
+posterior smoothing of ``synthseg``) is done on the host between slabs; the posteriors of ``s2``
+and ``d_all`` can go to a sink slab by slab (morphometry.segment.streamed_postprocess) instead of
+a whole array.
 """
 
 from __future__ import annotations
@@ -68,19 +70,18 @@ class SlabUNet:
         for part, model in unet_parts(spec, weights, self.split).items():
             backend.compile(f"{name}/{part}", model)
 
-    def run(self, source: Source, size: tuple[int, int, int], sink: Sink, keep_top_skip: bool) -> None:
+    def run(self, source: Source, size: tuple[int, int, int], sink: Sink) -> None:
         """Evaluate the network on an input of spatial ``size`` read through ``source``; the
-        posteriors reach ``sink`` slab by slab. ``keep_top_skip``: hold the full-resolution skip
-        tensor (faster) instead of recomputing it per slab (less memory)."""
-        self._level(0, source, size, sink, keep_top_skip)
+        posteriors reach ``sink`` slab by slab."""
+        self._level(0, source, size, sink)
 
     def _infer(self, part: str, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
         return self.backend.infer(f"{self.name}/{part}", feeds, outputs)
 
-    def _level(self, level: int, source: Source, size: tuple[int, ...], sink: Sink, keep_skip: bool) -> None:
+    def _level(self, level: int, source: Source, size: tuple[int, ...], sink: Sink) -> None:
         rows, h = size[0], self.halo
         keeps = self.spec.keeps_skip(self.spec.levels - 2 - level)
-        store = keeps and (keep_skip or level > 0)
+        store = keeps and level > 0  # the top level's skip is recomputed per slab: 1 GB at 1 mm
         pooled = skip = None
         for a, b in row_slabs(rows, self.thickness):
             lo, hi = max(a - h, 0), min(b + h, rows)
@@ -96,7 +97,7 @@ class SlabUNet:
         inner_size = tuple(s // 2 for s in size)
         if level + 1 < self.split:
             inner = _ArrayOutput(self.spec.width(level + 1), inner_size)
-            self._level(level + 1, _rows_of(pooled), inner_size, inner, keep_skip)
+            self._level(level + 1, _rows_of(pooled), inner_size, inner)
             inner = inner.array
         else:
             inner = self._infer("mid", {"x": pooled[None]}, ["features"])[0][0]
@@ -173,7 +174,7 @@ class SlabStages:
 
             source = (_rows_of(image[None]) if stage == "s1"
                       else lambda lo, hi: one_hot(previous[lo:hi], self.nets["d"].spec.in_channels))
-            self.nets[stage].run(source, size, to_labels, keep_top_skip=True)
+            self.nets[stage].run(source, size, to_labels)
             return labels
         net = self.nets[stage]
         posteriors = _ArrayOutput(net.spec.n_labels, size) if sink is None else sink
@@ -184,7 +185,7 @@ class SlabStages:
             source = lambda lo, hi: one_hot(previous[:, lo:hi].argmax(axis=0), net.spec.in_channels)  # noqa: E731
         else:
             source = _rows_of(image[None])
-        net.run(source, size, posteriors, keep_top_skip=False)
+        net.run(source, size, posteriors)
         if sink is not None:
             return sink
         out = posteriors.array
@@ -204,4 +205,4 @@ class SlabStages:
             target += post[self.flip, ::-1]
             target *= np.float32(0.5)
 
-        net.run(flipped, image.shape, average, keep_top_skip=False)
+        net.run(flipped, image.shape, average)

@@ -273,3 +273,35 @@ def test_run_tasks_feeds_every_item_or_stops_when_asked(scheduler):
         assert not run_tasks(client, operator.neg, range(40), key=str, on_result=stopped.__setitem__,
                              on_failure=pytest.fail, should_stop=lambda: len(stopped) >= 3, name="neg")
         assert 3 <= len(stopped) <= 6 and all(v == -k for k, v in stopped.items())
+
+
+@pytest.mark.parametrize("cores,threads,memory_gb,scan_gb,expected", [
+    (16, 0, 64.0, 4.3, 14),  # memory allows 14 of 16 one-thread scans
+    (16, 4, 64.0, 4.3, 4),  # cores allow 4 scans of 4 threads
+    (64, 0, 24.0, 7.5, 3),  # memory decides
+    (2, 0, 3.0, 7.5, 1),  # never fewer than one
+])
+def test_local_workers_follow_cores_and_memory(cores, threads, memory_gb, scan_gb, expected, monkeypatch):
+    from morphometry.segment import cluster_batch
+
+    monkeypatch.setattr(cluster_batch.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(cluster_batch, "available_memory_gb", lambda: memory_gb)
+    spec = cluster_batch.local_processes(ClusterSpec("local"), "cpu", threads, scan_gb)
+    assert spec.processes == expected
+    assert cluster_batch.worker_threads(spec, "cpu", threads) == (threads or max(1, cores // expected))
+    assert cluster_batch.local_processes(ClusterSpec("local", processes=3), "cpu", threads, scan_gb).processes == 3
+
+
+def test_local_workers_one_per_gpu(monkeypatch):
+    from morphometry.segment import cluster_batch
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,3")
+    assert cluster_batch.local_processes(ClusterSpec("local"), "cuda", 0, 7.5).processes == 3
+
+
+def test_available_memory_is_read():
+    from morphometry.segment.cluster_batch import available_memory_gb
+
+    with open("/proc/meminfo") as f:
+        total = int(next(line for line in f if line.startswith("MemTotal")).split()[1]) / 1e6
+    assert 0 < available_memory_gb() <= total

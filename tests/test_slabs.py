@@ -70,12 +70,11 @@ def test_slab_unet_equals_whole_graph(engine, name):
     for split in range(1, spec.levels):
         for thickness in (4, 10, size[0]):
             net = SlabUNet(backend, f"{split}-{thickness}", spec, weights, SlabPlan(thickness, split))
-            for keep in (True, False):
-                out = Collect(spec.n_labels, size)
-                net.run(lambda lo, hi: x[:, lo:hi], size, out, keep_top_skip=keep)
-                assert out.calls == row_slabs(size[0], thickness)
-                err = np.abs(out.array - ref[0]).max()
-                assert err <= TOL, f"split {split}, {thickness} rows, keep skip {keep}: {err}"
+            out = Collect(spec.n_labels, size)
+            net.run(lambda lo, hi: x[:, lo:hi], size, out)
+            assert out.calls == row_slabs(size[0], thickness)
+            err = np.abs(out.array - ref[0]).max()
+            assert err <= TOL, f"split {split}, {thickness} rows: {err}"
 
 
 def test_a_slab_cut_without_halo_would_differ(monkeypatch):
@@ -91,7 +90,7 @@ def test_a_slab_cut_without_halo_would_differ(monkeypatch):
     net = SlabUNet(backend, "no-halo", spec, weights, SlabPlan(8, 1))
     net.halo = 0
     out = Collect(spec.n_labels, size)
-    net.run(lambda lo, hi: x[:, lo:hi], size, out, keep_top_skip=True)
+    net.run(lambda lo, hi: x[:, lo:hi], size, out)
     assert np.abs(out.array - ref[0]).max() > 1e-3
 
 

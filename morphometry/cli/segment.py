@@ -100,7 +100,8 @@ def register(sub) -> None:
                    help="DICOM: key file of the pseudonymous scan, subject and session ids, created on first use; "
                         "keep it to get the same ids in later runs and to re-identify "
                         "(default: ~/.config/morphometry/project.key)")
-    cluster_options.add_arguments(p, local="one per GPU, else one per --threads cores")
+    cluster_options.add_arguments(p, local="one per GPU, else as many as the cores (one per --threads "
+                                  "cores, default one per core) and the free memory allow")
     p.set_defaults(func=run_segment, flags={**FLAGS, **cluster_options.FLAGS})
 
     m = sub.add_parser("merge", help="combine the outputs of several segment folders (shards) into one table",

@@ -11,8 +11,8 @@ OpenVINO on the CPU when it is installed (1.5 times ONNX Runtime's speed on the 
 networks, docs/benchmarks.md), else ONNX Runtime.
 
 With slabs (``RuntimeConfig.slab``; by default with OpenVINO) the segmentation stages run instead
-in slabs on host arrays (morphometry.segment.slabs): the same results in 0.4 (OpenVINO) or 0.5
-(ONNX Runtime) times the whole graphs' peak memory.
+in slabs on host arrays (morphometry.segment.slabs): the same results in 3.0 GB (OpenVINO) or
+2.2 GB (ONNX Runtime) per 1 mm head instead of 14.2 and 7.5 GB on whole graphs.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ ENGINES = ("auto", "onnxruntime", "openvino")  # the choices of RuntimeConfig.en
 PRECISIONS = ("fp32", "fp16", "bf16")  # the choices of RuntimeConfig.precision
 AUTO_SLAB_ROWS = 16  # rows per slab when RuntimeConfig.slab is auto and the engine is OpenVINO
 SCAN_PEAK_GB = {  # (engine, in slabs) -> peak resident GB of one synthseg+ scan at 1 mm (docs/benchmarks.md)
-    ("onnxruntime", False): 7.5, ("onnxruntime", True): 2.3, ("openvino", False): 14.2, ("openvino", True): 4.3}
+    ("onnxruntime", False): 7.5, ("onnxruntime", True): 2.3, ("openvino", False): 14.2, ("openvino", True): 3.0}
 
 
 @dataclass(frozen=True)
@@ -99,8 +99,8 @@ def choose_engine(config: RuntimeConfig, device: str) -> str:
 
 def resolve_slab(config: RuntimeConfig, backend) -> int:
     """Rows per slab for ``config`` on ``backend``: as set, or for ``None`` (auto) 16 with OpenVINO
-    (as fast as its whole graphs, 0.4 times their peak memory) and 0 otherwise (ONNX Runtime:
-    slabs halve its memory but take 1.2 times as long; GPUs run whole graphs). docs/benchmarks.md."""
+    (about 1.1 times its whole graphs' time, 0.2 times their peak memory) and 0 otherwise (ONNX Runtime:
+    slabs take 0.3 times its memory but 1.2 times as long; GPUs run whole graphs). docs/benchmarks.md."""
     if config.slab is not None:
         return config.slab
     return AUTO_SLAB_ROWS if backend.name == "openvino" else 0

@@ -72,9 +72,11 @@ class FastStream:
 
     def __call__(self, a: int, b: int, posteriors: np.ndarray) -> None:
         """Take rows [a, b) of padded axis 0: ``posteriors`` (C, b - a, Y, Z)."""
-        if posteriors.shape[0] != self.label_set.n_channels:
-            raise ModelError(f"segmentation output has {posteriors.shape[0]} channels; expected "
-                             f"{self.label_set.n_channels}")
+        if posteriors.shape[0] != self.label_set.n_channels or posteriors.shape[2:] != self.shape[1:] \
+                or not 0 <= a < b <= self.shape[0] or posteriors.shape[1] != b - a:
+            raise ModelError(f"segmentation output rows [{a}, {b}) of shape {posteriors.shape}; expected "
+                             f"({self.label_set.n_channels}, {b - a}, {self.shape[1]}, {self.shape[2]}) "
+                             f"within {self.shape[0]} rows")
         rows = self.inner[0]
         lo, hi = max(a, rows.start), min(b, rows.stop)
         if hi <= lo:

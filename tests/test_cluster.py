@@ -276,10 +276,11 @@ def test_run_tasks_feeds_every_item_or_stops_when_asked(scheduler):
 
 
 @pytest.mark.parametrize("cores,threads,memory_gb,scan_gb,expected", [
-    (16, 0, 64.0, 4.3, 14),  # memory allows 14 of 16 one-thread scans
+    (16, 1, 64.0, 4.3, 14),  # memory allows 14 of 16 one-thread scans
     (16, 4, 64.0, 4.3, 4),  # cores allow 4 scans of 4 threads
-    (64, 0, 24.0, 7.5, 3),  # memory decides
-    (2, 0, 3.0, 7.5, 1),  # never fewer than one
+    (64, 1, 24.0, 7.5, 3),  # memory decides
+    (2, 1, 3.0, 7.5, 1),  # never fewer than one
+    (16, 0, 64.0, 4.3, 1),  # no --threads: one scan on every core
 ])
 def test_local_workers_follow_cores_and_memory(cores, threads, memory_gb, scan_gb, expected, monkeypatch):
     from morphometry.segment import cluster_batch

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from morphometry.errors import ModelError
 from morphometry.labels import SYNTHSEG_2
 from morphometry.segment.postprocess import PostprocessConfig, postprocess
 from morphometry.segment.streamed_postprocess import FastStream
@@ -88,6 +89,8 @@ def test_stream_refuses_topology_and_missing_rows():
     with pytest.raises(ValueError, match="topology"):
         FastStream(SYNTHSEG_2, PADDED, INNER, PostprocessConfig(topology=True))
     sink = FastStream(SYNTHSEG_2, PADDED, INNER, PostprocessConfig(topology=False))
+    with pytest.raises(ModelError, match="expected"):
+        sink(0, 8, np.zeros((C, 8, 5, 5), np.float32))
     sink(0, 8, np.zeros((C, 8, *PADDED[1:]), np.float32))
     with pytest.raises(Exception, match="covered 5 of 14 rows"):
         sink.result()

@@ -101,7 +101,7 @@ def register(sub) -> None:
                         "keep it to get the same ids in later runs and to re-identify "
                         "(default: ~/.config/morphometry/project.key)")
     cluster_options.add_arguments(p, local="one per GPU, else as many as the cores (one per --threads "
-                                  "cores, default one per core) and the free memory allow")
+                                  "cores; without --threads one) and the free memory allow")
     p.set_defaults(func=run_segment, flags={**FLAGS, **cluster_options.FLAGS})
 
     m = sub.add_parser("merge", help="combine the outputs of several segment folders (shards) into one table",

@@ -1,6 +1,7 @@
 """The OpenVINO engine: stage graphs compiled by OpenVINO's CPU plugin (oneDNN kernels).
 
-OpenVINO reads the bundle's ONNX graphs directly, with dynamic spatial sizes (one compilation per
+OpenVINO reads the bundle's ONNX graphs directly (decoders' upsampling fused into their convolutions,
+morphometry.segment.upsample_fusion), with dynamic spatial sizes (one compilation per
 stage serves every scan). Handles are host arrays. After each run the compiled stage releases its
 intermediate buffers, so only one stage's working memory is held at a time. ``bf16`` sets
 OpenVINO's inference precision hint: convolutions in bfloat16 on CPUs with AVX512-BF16 or AMX,
@@ -14,6 +15,7 @@ import onnx
 
 from morphometry.errors import InputError, ModelError
 from morphometry.heap import release_free_heap
+from morphometry.segment.upsample_fusion import fuse_upsampling
 
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
 
@@ -66,7 +68,7 @@ class OpenVinoBackend:
 
     def compile(self, name: str, model: onnx.ModelProto) -> None:
         try:
-            graph = self._core.read_model(model.SerializeToString())
+            graph = self._core.read_model(fuse_upsampling(model).SerializeToString())
             self._compiled[name] = self._core.compile_model(graph, "CPU", self._config)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

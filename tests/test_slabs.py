@@ -29,6 +29,7 @@ from morphometry.segment.slabs import SlabPlan, SlabUNet, halo, row_slabs
 
 INSTALLED = [e for e in ("onnxruntime", "openvino") if importlib.util.find_spec(e)]
 TOL = 1e-5  # softmax outputs; the engines' rounding differs between shapes of the same graph
+STAGE_TOL = 1e-4  # softmax outputs of whole methods: the fixtures' tolerance
 
 SPECS = {
     "k3-skips": UNetSpec(in_channels=2, n_labels=3, features=3, levels=4),
@@ -107,8 +108,10 @@ def test_engine_stages_in_slabs_equal_the_stage_graphs(tiny_bundle, engine):
     for name in results[0]:
         whole, slabs = results[0][name], results[12][name]
         assert whole.shape == slabs.shape
-        close = np.abs(whole - slabs).max(axis=0) <= TOL
-        # argmax hand-overs can flip on exact near-ties between engines' rounding; none expected here
+        # The fixtures' tolerance here, not the networks' 1e-5: synthseg's smoothing runs on the host in
+        # slabs and in the graph otherwise, and a smoothed near-tie that flips an argmax hand-over moves
+        # the next network's softmax by up to ~4e-5 around it (synthseg+d on OpenVINO).
+        close = np.abs(whole - slabs).max(axis=0) <= STAGE_TOL
         assert close.mean() >= 0.9999, f"{name}: {1 - close.mean():.2%} of voxels differ"
 
 

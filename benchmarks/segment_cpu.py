@@ -37,6 +37,8 @@ CONFIGS = {  # name -> Segmenter settings; the first is the reference of the agr
     "onnxruntime-fp32-slab": dict(engine="onnxruntime", precision="fp32", head_window=False, slab=16),
     "openvino-fp32-slab": dict(engine="openvino", precision="fp32", head_window=False, slab=16),
     "openvino-bf16-slab": dict(engine="openvino", precision="bf16", head_window=False, slab=16),
+    "openvino-fp32-slab24": dict(engine="openvino", precision="fp32", head_window=False, slab=24),
+    "openvino-fp32-slab32": dict(engine="openvino", precision="fp32", head_window=False, slab=32),
     "openvino-fp32-window": dict(engine="openvino", precision="fp32", head_window=True, slab=0),
     "openvino-bf16-window": dict(engine="openvino", precision="bf16", head_window=True, slab=0),
 }

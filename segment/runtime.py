@@ -7,8 +7,8 @@ copied to the host.
 
 Engines (``RuntimeConfig.engine``): ``onnxruntime`` (CPU or CUDA, precisions fp32 and, on CUDA,
 fp16) and ``openvino`` (CPU, precisions fp32 and bf16); ``auto`` takes ONNX Runtime on a GPU and
-OpenVINO on the CPU when it is installed (1.5 times ONNX Runtime's speed on the official
-networks, docs/benchmarks.md), else ONNX Runtime.
+OpenVINO on the CPU when it is installed (about twice ONNX Runtime's speed on the official
+networks, with their upsampling fused: docs/benchmarks.md), else ONNX Runtime.
 
 With slabs (``RuntimeConfig.slab``; by default with OpenVINO) the segmentation stages run instead
 in slabs on host arrays (morphometry.segment.slabs): the same results in 3.0 GB (OpenVINO) or

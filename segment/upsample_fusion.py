@@ -3,7 +3,7 @@ convolution on the coarse tensor (plus a convolution of the other concatenated i
 
 A U-Net decoder step upsamples its inner tensor by repeating each voxel 2 x 2 x 2 times and
 convolves it with a k x k x k kernel. Along one axis, the fine output at 2c + p reads fine inputs
-2c + p - k//2 .. 2c + p + k//2, which are only (k + 1) // 2 + 1 distinct coarse voxels; summing the
+2c + p - k//2 .. 2c + p + k//2, which are only (k + 1) / 2 distinct coarse voxels; summing the
 kernel taps that read the same coarse voxel gives a transposed convolution of stride 2, kernel
 k + 1 and padding k//2 on the coarse tensor, with (k + 1)**3 / 8 instead of k**3 multiply-adds per
 fine voxel and input channel (8 instead of 27 for k = 3, 27 instead of 125 for k = 5), and neither

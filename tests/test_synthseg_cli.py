@@ -23,6 +23,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from conftest import SHARED
+from e2e_fixtures import MIN_AGREEMENT
 
 from morphometry.cli import main
 from morphometry.labels import PARCELLATION_LABELS, SYNTHSEG_1, SYNTHSEG_2
@@ -186,7 +187,11 @@ def test_single_image_with_posteriors(official, tmp_path):
     ours = nib.load(tmp_path / "post.nii.gz")
     ref = nib.load(E2E / "default" / "posteriors" / "tiny_1mm_posteriors.nii.gz")
     assert ours.shape == ref.shape == (64, 72, 56, 33) and ours.get_data_dtype() == np.float32
-    np.testing.assert_allclose(ours.get_fdata(), ref.get_fdata(), atol=1e-3)
+    # voxel by voxel as tests/test_e2e_original.py: one may differ where float noise crossed a
+    # threshold of the clean-up
+    difference = np.abs(ours.get_fdata() - ref.get_fdata()).max(axis=-1)
+    assert np.count_nonzero(difference > 1e-3) <= (1 - MIN_AGREEMENT) * difference.size
+    assert np.median(difference) < 1e-5
 
 
 @pytest.fixture(scope="module")

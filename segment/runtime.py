@@ -11,7 +11,7 @@ OpenVINO on the CPU when it is installed (about twice ONNX Runtime's speed on th
 networks, with their upsampling fused: docs/benchmarks.md), else ONNX Runtime.
 
 With slabs (``RuntimeConfig.slab``; by default with OpenVINO) the segmentation stages run instead
-in slabs on host arrays (morphometry.segment.slabs): the same results in 3.0 GB (OpenVINO) or
+in slabs on host arrays (morphometry.segment.slabs): the same results in 2.8 GB (OpenVINO) or
 2.2 GB (ONNX Runtime) per 1 mm head instead of 14.2 and 7.5 GB on whole graphs.
 """
 

@@ -43,8 +43,11 @@ def fuse_upsampling(model: onnx.ModelProto) -> onnx.ModelProto:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     init = {t.name: t for t in graph.initializer}
+    resizes = [node for node in graph.node if _is_nearest_x2(node, init)]
+    if not resizes:  # e.g. the encoder parts of slabs: no shape inference needed
+        return model
     channels = _channel_counts(model)
-    plans = [p for node in graph.node if (p := _match(node, consumers, init, channels)) is not None]
+    plans = [p for node in resizes if (p := _match(node, consumers, init, channels)) is not None]
     if not plans:
         return model
     out = onnx.ModelProto()
@@ -116,10 +119,8 @@ def _plain_conv(node: onnx.NodeProto, init: dict) -> bool:
 
 
 def _match(resize: onnx.NodeProto, consumers: dict, init: dict, channels: dict) -> dict | None:
-    """The rewrite plan of ``resize`` (its convolution, the concatenated inputs and the channel
+    """The rewrite plan of a nearest x2 ``resize`` (its convolution, the concatenated inputs and the channel
     range of each in the convolution's weight), or None when the pattern does not hold."""
-    if not _is_nearest_x2(resize, init):
-        return None
     up = resize.output[0]
     users = consumers.get(up, [])
     if len(users) != 1:

@@ -175,11 +175,17 @@ def add_unet(g: GraphBuilder, x: str, spec: UNetSpec, weights: Weights) -> tuple
     return add_head(g, add_levels(g, x, spec, weights, 0), weights)
 
 
-def add_encoder_level(g: GraphBuilder, x: str, spec: UNetSpec, weights: Weights, level: int) -> tuple[str, str]:
-    """The convolutions and batch norm of encoder ``level``; return (skip, normalised output)."""
+def add_encoder_convs(g: GraphBuilder, x: str, spec: UNetSpec, weights: Weights, level: int) -> str:
+    """The convolutions of encoder ``level``; return their output (the level's skip tensor)."""
     t = x
     for c in range(spec.convs_per_level):
         t = g.conv(t, f"conv_downarm_{level}_{c}", *weights[f"conv_downarm_{level}_{c}"], activation="elu")
+    return t
+
+
+def add_encoder_level(g: GraphBuilder, x: str, spec: UNetSpec, weights: Weights, level: int) -> tuple[str, str]:
+    """The convolutions and batch norm of encoder ``level``; return (skip, normalised output)."""
+    t = add_encoder_convs(g, x, spec, weights, level)
     return t, g.batch_norm(t, f"bn_down_{level}", *weights[f"bn_down_{level}"])
 
 
@@ -222,11 +228,14 @@ def softmax_channels(g: GraphBuilder, x: str, base: str) -> str:
     return g.op("Div", [e, total], f"{base}/div")
 
 
-def make_model(g: GraphBuilder, inputs: dict[str, int], outputs: dict[str, str], doc: str = "") -> onnx.ModelProto:
-    """Wrap a builder's nodes into a model: ``inputs`` name -> channels, ``outputs`` name -> tensor."""
+def make_model(g: GraphBuilder, inputs: dict[str, int], outputs: dict[str, str], doc: str = "",
+               index_inputs: tuple[str, ...] = ()) -> onnx.ModelProto:
+    """Wrap a builder's nodes into a model: ``inputs`` name -> channels (float32 N, C, X, Y, Z),
+    ``index_inputs`` int64 inputs of shape (1,), ``outputs`` name -> tensor."""
     dims = ["batch", None, "x", "y", "z"]
     graph_inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [dims[0], c, *dims[2:]])
                     for n, c in inputs.items()]
+    graph_inputs += [helper.make_tensor_value_info(n, TensorProto.INT64, [1]) for n in index_inputs]
     nodes = list(g.nodes)
     graph_outputs = []
     for out_name, tensor in outputs.items():
@@ -249,27 +258,36 @@ def unet_model(spec: UNetSpec, weights: Weights, doc: str = "") -> onnx.ModelPro
 def unet_parts(spec: UNetSpec, weights: Weights, split: int) -> dict[str, onnx.ModelProto]:
     """The U-Net cut so that its top ``split`` levels can run in slabs (morphometry.segment.slabs).
 
-    ``enc{l}``: ``x`` -> ``skip`` (the skip tensor of level l) and ``pooled`` (its normalised output,
-    max-pooled); ``mid``: ``x`` (the pooled output of level split-1) -> ``features`` (levels split ..
-    bottom and back); ``dec{l}``: ``inner`` (the output of level l+1) [+ ``skip``] -> ``features``,
-    for l = 0 -> ``posteriors`` (likelihood and softmax). Composed, the parts compute what
-    :func:`unet_model` computes, with the same nodes.
+    ``enc{l}``: ``x`` -> ``pooled`` (the level's normalised output, max-pooled) and, for l > 0 where
+    the level keeps its skip, ``skip`` (the skip tensor); ``mid``: ``x`` (the pooled output of level
+    split-1) -> ``features`` (levels split .. bottom and back); ``dec{l}``: ``inner`` (the output of
+    level l+1) [+ ``skip``] -> ``features``, for l = 0 -> ``posteriors`` (likelihood and softmax).
+    The top level's skip is not passed but recomputed inside ``dec0``: it reads ``x`` (input rows)
+    and computes the skip rows [``skip_start``, ``skip_stop``) of them. Composed, the parts compute
+    what :func:`unet_model` computes, with the same nodes.
     """
     if not 0 < split < spec.levels:
         raise ValueError(f"split {split}: the network has {spec.levels} levels")
     check_weights(spec, weights)
     parts = {}
     for level in range(split):
+        keeps = spec.keeps_skip(spec.levels - 2 - level)
         g = GraphBuilder()
         skip, t = add_encoder_level(g, "x", spec, weights, level)
         c_in = spec.in_channels if level == 0 else spec.width(level - 1)
-        parts[f"enc{level}"] = make_model(g, {"x": c_in}, {"skip": skip, "pooled": g.max_pool(t, f"maxpool_{level}")})
+        outputs = {"pooled": g.max_pool(t, f"maxpool_{level}"), **({"skip": skip} if keeps and level > 0 else {})}
+        parts[f"enc{level}"] = make_model(g, {"x": c_in}, outputs)
         g = GraphBuilder()
-        keeps = spec.keeps_skip(spec.levels - 2 - level)
-        t = add_decoder_level(g, "inner", "skip" if keeps else None, spec, weights, level)
-        inputs = {"inner": spec.width(level + 1), **({"skip": spec.width(level)} if keeps else {})}
+        inputs, index_inputs = {"inner": spec.width(level + 1)}, ()
+        if keeps and level == 0:
+            inputs["x"], index_inputs = spec.in_channels, ("skip_start", "skip_stop")
+            rows = g.const("skip_rows/axes", np.array([2], np.int64))
+            skip = g.op("Slice", [add_encoder_convs(g, "x", spec, weights, 0), *index_inputs, rows], "skip_rows")
+        elif keeps:
+            inputs["skip"], skip = spec.width(level), "skip"
+        t = add_decoder_level(g, "inner", skip if keeps else None, spec, weights, level)
         outputs = {"posteriors": add_head(g, t, weights)[1]} if level == 0 else {"features": t}
-        parts[f"dec{level}"] = make_model(g, inputs, outputs)
+        parts[f"dec{level}"] = make_model(g, inputs, outputs, index_inputs=index_inputs)
     g = GraphBuilder()
     parts["mid"] = make_model(g, {"x": spec.width(split - 1)}, {"features": add_levels(g, "x", spec, weights, split)})
     return parts

@@ -97,17 +97,18 @@ class OpenVinoBackend:
         return output
 
     def infer(self, name: str, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
-        """Run a compiled graph on host arrays (read in place); return copies of the named outputs.
-        The graph's request and its buffers are kept for its next call until :meth:`release` or
-        until another graph runs: one graph's buffers are held at a time (S2's dec0 and the enc0
-        that recomputes its skip rows alternate slab by slab; holding both costs 0.55 GB at 1 mm)."""
+        """Run a compiled graph on host arrays (read in place); return the named outputs as views
+        of the request's buffers, valid until the next call (copying them cost a tenth of the
+        slab-wise networks' time at 1 mm). The graph's request and its buffers are kept for its
+        next call until :meth:`release` or until another graph runs: one graph's buffers are held
+        at a time."""
         for held in [n for n in self._requests if n != name]:
             self.release(held)
         request = self._requests.get(name)
         if request is None:
             request = self._requests[name] = self._compiled[name].create_infer_request()
         results = request.infer(feeds, share_inputs=True, share_outputs=True)  # no copies in or out
-        return [results[out].copy() for out in outputs]
+        return [results[out] for out in outputs]
 
     def release(self, name: str) -> None:
         """Free the request and the buffers of a graph run with :meth:`infer` (and the heap

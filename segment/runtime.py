@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 
 from morphometry.errors import InputError, ModelError
-from morphometry.heap import release_free_heap
+from morphometry.heap import ordinary_pages, release_free_heap
 from morphometry.segment import stages
 from morphometry.segment.bundle import Bundle, require
 from morphometry.segment.methods import STAGES, Method
@@ -226,7 +226,8 @@ class Engine:
 
     def _stage(self, stage: str, x, image: np.ndarray, previous, sink=None):
         if self.slabs:
-            return self._run_slabs(stage, image, previous, sink)
+            with ordinary_pages():  # slabs allocate large host arrays per slab (morphometry.heap)
+                return self._run_slabs(stage, image, previous, sink)
         _, reads_image, reads_previous = STAGES[stage]
         feeds = {"image": x} if reads_image else {}
         if reads_previous:

@@ -10,13 +10,15 @@ per level down) run whole, and a stage's result is written into its output array
   padding at the slab's cut would reach; pooled rows [a/2, b/2) follow because a and b are even;
 - decoder level l: rows [a, b) from the inner (coarser) output's rows [(a - h)/2, (b + h)/2) and the
   skip tensor's rows [a - h, b + h); the level-l skip is kept whole below the top level and
-  recomputed for each slab from the input at the top level (holding it would cost 1 GB at 1 mm,
-  recomputing it about a sixth more work at that level).
+  recomputed for each slab from the input rows [a - 2h, b + 2h) at the top level, inside the
+  decoder part's graph (holding it would cost 1 GB at 1 mm, recomputing it about a sixth more work
+  at that level).
 
 Every voxel of the result is computed with the same operations on the same values as the whole
 graph (morphometry.segment.networks.unet_parts), so results agree with it to rounding.
 Stage glue (argmax hand-overs, concatenation with the image, the left-right flip average and the
-posterior smoothing of ``synthseg``) is done on the host between slabs; the posteriors of ``s2``
+posterior smoothing of ``synthseg``) is done on the host between slabs; a sink receives the
+backend's output buffer and must be done with it when it returns. The posteriors of ``s2``
 and ``d_all`` can go to a sink slab by slab (morphometry.segment.streamed_postprocess) instead of
 a whole array.
 """
@@ -76,23 +78,24 @@ class SlabUNet:
         self._level(0, source, size, sink)
 
     def _infer(self, part: str, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        """The named outputs of a part, valid until the next call (the backend's buffers)."""
         return self.backend.infer(f"{self.name}/{part}", feeds, outputs)
 
     def _level(self, level: int, source: Source, size: tuple[int, ...], sink: Sink) -> None:
         rows, h = size[0], self.halo
         keeps = self.spec.keeps_skip(self.spec.levels - 2 - level)
-        store = keeps and level > 0  # the top level's skip is recomputed per slab: 1 GB at 1 mm
+        store = keeps and level > 0  # the top level's skip is recomputed per slab inside dec0: 1 GB at 1 mm
         pooled = skip = None
         for a, b in row_slabs(rows, self.thickness):
             lo, hi = max(a - h, 0), min(b + h, rows)
-            outs = self._infer(f"enc{level}", {"x": source(lo, hi)[None]}, ["skip", "pooled"] if store else ["pooled"])
+            outs = self._infer(f"enc{level}", {"x": source(lo, hi)[None]}, ["pooled", "skip"] if store else ["pooled"])
             if pooled is None:
-                pooled = np.empty((outs[-1].shape[1], rows // 2, *outs[-1].shape[3:]), np.float32)
+                pooled = np.empty((outs[0].shape[1], rows // 2, *outs[0].shape[3:]), np.float32)
                 if store:
-                    skip = np.empty((outs[0].shape[1], rows, *outs[0].shape[3:]), np.float32)
-            pooled[:, a // 2:b // 2] = outs[-1][0, :, (a - lo) // 2:(b - lo) // 2]
+                    skip = np.empty((outs[1].shape[1], rows, *outs[1].shape[3:]), np.float32)
+            pooled[:, a // 2:b // 2] = outs[0][0, :, (a - lo) // 2:(b - lo) // 2]
             if store:
-                skip[:, a:b] = outs[0][0, :, a - lo:b - lo]
+                skip[:, a:b] = outs[1][0, :, a - lo:b - lo]
         self.backend.release(f"{self.name}/enc{level}")
         inner_size = tuple(s // 2 for s in size)
         if level + 1 < self.split:
@@ -100,24 +103,21 @@ class SlabUNet:
             self._level(level + 1, _rows_of(pooled), inner_size, inner)
             inner = inner.array
         else:
-            inner = self._infer("mid", {"x": pooled[None]}, ["features"])[0][0]
+            inner = self._infer("mid", {"x": pooled[None]}, ["features"])[0][0].copy()
             self.backend.release(f"{self.name}/mid")
         del pooled
         for a, b in row_slabs(rows, self.thickness):
             lo, hi = max(a - h, 0), min(b + h, rows)
             feeds = {"inner": np.ascontiguousarray(inner[None, :, lo // 2:hi // 2])}
-            if keeps:
-                feeds["skip"] = (np.ascontiguousarray(skip[None, :, lo:hi]) if store
-                                 else self._skip_rows(level, source, lo, hi, rows))
+            if store:
+                feeds["skip"] = np.ascontiguousarray(skip[None, :, lo:hi])
+            elif keeps:  # dec0 computes the skip rows [lo, hi) from input rows [lo2, hi2)
+                lo2, hi2 = max(lo - h, 0), min(hi + h, rows)
+                feeds.update(x=source(lo2, hi2)[None], skip_start=np.array([lo - lo2]),
+                             skip_stop=np.array([hi - lo2]))
             out = self._infer(f"dec{level}", feeds, ["posteriors" if level == 0 else "features"])[0][0]
             sink(a, b, out[:, a - lo:b - lo])
         self.backend.release(f"{self.name}/dec{level}")
-
-    def _skip_rows(self, level: int, source: Source, lo: int, hi: int, rows: int) -> np.ndarray:
-        """The skip tensor of ``level`` on rows [lo, hi), recomputed from the input."""
-        lo2, hi2 = max(lo - self.halo, 0), min(hi + self.halo, rows)
-        (skip,) = self._infer(f"enc{level}", {"x": source(lo2, hi2)[None]}, ["skip"])
-        return np.ascontiguousarray(skip[:, :, lo - lo2:hi - lo2])
 
 
 class _ArrayOutput:

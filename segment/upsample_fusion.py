@@ -36,7 +36,8 @@ def transposed_kernel(weight: np.ndarray) -> np.ndarray:
 
 def fuse_upsampling(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` with every fusable upsampling-convolution rewritten (module docstring);
-    graphs without one are returned unchanged. Channel counts come from ONNX shape inference."""
+    graphs without one are returned unchanged. Channel counts come from ONNX shape inference (one
+    concatenated input it cannot size gets the convolution's remaining input channels)."""
     graph = model.graph
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
@@ -135,10 +136,13 @@ def _match(resize: onnx.NodeProto, consumers: dict, init: dict, channels: dict) 
     if not _plain_conv(conv, init):
         return None
     pieces = list(concat.input) if concat else [up]
-    if any(p != up and p not in channels for p in pieces) or resize.input[0] not in channels:
+    if resize.input[0] not in channels:
         return None
-    sizes = [channels[resize.input[0]] if p == up else channels[p] for p in pieces]
-    if sum(sizes) != init[conv.input[1]].dims[1]:
+    sizes = [channels[resize.input[0]] if p == up else channels.get(p) for p in pieces]
+    total = init[conv.input[1]].dims[1]
+    if sizes.count(None) == 1:  # e.g. a dynamically sliced skip: what the kernel leaves for it
+        sizes[sizes.index(None)] = total - sum(n for n in sizes if n is not None)
+    if None in sizes or min(sizes) < 1 or sum(sizes) != total:
         return None
     starts = np.cumsum([0, *sizes])
     ranges = {p: (int(starts[i]), int(starts[i + 1])) for i, p in enumerate(pieces)}

@@ -1,13 +1,15 @@
-"""Freed heap memory goes back to the system (morphometry.heap)."""
+"""Freed heap memory goes back to the system; numpy's huge-page requests can be turned off (morphometry.heap)."""
 
 from __future__ import annotations
 
 import ctypes.util
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
-from morphometry.heap import release_free_heap
+from morphometry.heap import _madvise_setter, ordinary_pages, release_free_heap
 
 
 def resident_mb() -> float:
@@ -27,3 +29,42 @@ def test_freed_small_allocations_leave_the_resident_set():
     assert release_free_heap()
     assert before - resident_mb() > 150
     assert last[0] == 1
+
+
+@pytest.mark.skipif(_madvise_setter() is None, reason="this numpy has no huge-page switch")
+@pytest.mark.parametrize("before", [True, False])
+def test_ordinary_pages_turns_numpy_huge_pages_off_and_restores_the_setting(before):
+    setter = _madvise_setter()
+    setter(before)
+    try:
+        with ordinary_pages():
+            assert setter(False) is False  # returns the setting in force
+        assert setter(before) is before
+    finally:
+        setter(True)
+
+
+def anon_huge_kb(array: np.ndarray) -> int:
+    """AnonHugePages (kB) of this process's mappings that overlap ``array``'s memory (numpy's
+    huge-page request splits its mapping at 2 MiB boundaries)."""
+    start, stop = array.ctypes.data, array.ctypes.data + array.nbytes
+    total, overlaps = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and ":" not in head:
+            lo, hi = (int(v, 16) for v in head.split("-"))
+            overlaps = lo < stop and start < hi
+        elif overlaps and head == "AnonHugePages:":
+            total += int(line.split()[1])
+    return total
+
+
+THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+@pytest.mark.skipif(not THP.exists() or "[madvise]" not in THP.read_text(),
+                    reason="transparent huge pages are not given on request here (Linux, enabled = madvise)")
+def test_arrays_made_inside_are_on_ordinary_pages():
+    with ordinary_pages():
+        a = np.ones(16 * 2**20, np.float32)  # 64 MiB, written
+    assert anon_huge_kb(a) == 0

@@ -14,13 +14,14 @@ import pytest
 from scipy import ndimage
 
 from morphometry.segment import stages
-from morphometry.segment.networks import GraphBuilder, UNetSpec, make_model, random_weights, unet_model
+from morphometry.segment.networks import GraphBuilder, UNetSpec, make_model, random_weights, unet_model, unet_parts
 from morphometry.segment.upsample_fusion import fuse_upsampling, transposed_kernel
 
 
 def run(model: onnx.ModelProto, **feeds) -> list[np.ndarray]:
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {k: np.ascontiguousarray(v, np.float32) for k, v in feeds.items()})
+    return session.run(None, {k: np.ascontiguousarray(v, np.float32 if v.dtype.kind == "f" else np.int64)
+                              for k, v in feeds.items()})
 
 
 def ops(model: onnx.ModelProto) -> list[str]:
@@ -96,6 +97,21 @@ def test_whole_unet_equals_its_unfused_graph(name):
     x = rng.normal(size=(1, spec.in_channels, 24, 16, 32))
     for a, b in zip(run(model, input=x), run(fused, input=x), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_slab_decoder_with_a_recomputed_skip_is_fused():
+    """dec0 of the slab parts slices its skip rows with run-time bounds, so shape inference cannot
+    size the skip: its channels are what the convolution's kernel leaves for it."""
+    spec = SPECS["k3-skips"]
+    rng = np.random.default_rng(4)
+    model = unet_parts(spec, random_weights(spec, rng), 1)["dec0"]
+    fused = fuse_upsampling(model)
+    assert ops(fused).count("ConvTranspose") == 1 and "Resize" not in ops(fused)
+    feeds = dict(x=rng.normal(size=(1, spec.in_channels, 16, 16, 8)), inner=rng.normal(size=(1, 6, 5, 8, 4)),
+                 skip_start=np.array([2]), skip_stop=np.array([12]))
+    (want,), (got,) = run(model, **feeds), run(fused, **feeds)
+    assert got.shape == (1, spec.n_labels, 10, 16, 8)
+    np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_stage_graphs_are_fused(tiny_bundle):

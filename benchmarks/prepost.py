@@ -123,7 +123,7 @@ def main() -> None:
         for stage, fn, repeats, setup in stages:
             wall, cpu = median_seconds(fn, repeats, setup)
             print(f"{name:<22} {grid:>12} {padded:>12}  {stage:<29} {wall:>7.3f} {cpu:>7.3f}", flush=True)
-        del post, seg
+        post = seg = None  # free them before the next case allocates its own
     print("medians; postprocess: 33-channel float32 posteriors; to native: labels and channels-last "
           "posteriors copied to the scan's voxel order in NIfTI (Fortran) layout")
 

@@ -11,7 +11,7 @@ OpenVINO on the CPU when it is installed (about twice ONNX Runtime's speed on th
 networks, with their upsampling fused: docs/benchmarks.md), else ONNX Runtime.
 
 With slabs (``RuntimeConfig.slab``; by default with OpenVINO) the segmentation stages run instead
-in slabs on host arrays (morphometry.segment.slabs): the same results in 2.8 GB (OpenVINO) or
+in slabs on host arrays (morphometry.segment.slabs): the same results in 2.4 GB (OpenVINO) or
 2.2 GB (ONNX Runtime) per 1 mm head instead of 14.2 and 7.5 GB on whole graphs.
 """
 
@@ -41,7 +41,7 @@ ENGINES = ("auto", "onnxruntime", "openvino")  # the choices of RuntimeConfig.en
 PRECISIONS = ("fp32", "fp16", "bf16")  # the choices of RuntimeConfig.precision
 AUTO_SLAB_ROWS = 16  # rows per slab when RuntimeConfig.slab is auto and the engine is OpenVINO
 SCAN_PEAK_GB = {  # (engine, in slabs) -> peak resident GB of one synthseg+ scan at 1 mm (docs/benchmarks.md)
-    ("onnxruntime", False): 7.5, ("onnxruntime", True): 2.3, ("openvino", False): 14.2, ("openvino", True): 3.0}
+    ("onnxruntime", False): 7.5, ("onnxruntime", True): 2.3, ("openvino", False): 14.2, ("openvino", True): 2.5}
 
 
 @dataclass(frozen=True)

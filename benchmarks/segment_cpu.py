@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
@@ -165,37 +166,68 @@ def _is_structure(key: str, value) -> bool:
 
 
 def torch_worker(args: argparse.Namespace) -> None:
-    """PyTorch fp32 (oneDNN) on the synthseg+ chain S1 -> D -> S2, random weights, same tensor shape."""
+    """PyTorch fp32 (oneDNN) on the methods' chains of networks (random weights, same tensor shape):
+    each stage takes the image and/or the one-hot argmax of the stage before, as the engine does;
+    ``synthseg`` runs on the image and its left-right flip (one batch of 2); a chain prefix that
+    several methods share runs once."""
     import torch
     from torch.nn import functional as F
 
     from morphometry.segment.bundle import load_bundle
+    from morphometry.segment.methods import STAGES, resolve_methods
     from morphometry.segment.networks import UNetSpec
     from morphometry.segment.training.unet_torch import UNet
 
     torch.set_num_threads(args.threads or os.cpu_count())
     bundle = load_bundle(args.models)
-    nets = {}
-    for role in ("s1", "d", "s2"):
-        arch = bundle.networks[role].architecture
-        nets[role] = UNet(UNetSpec(**{k: arch[k] for k in UNetSpec.__dataclass_fields__})).eval()
     x = torch.rand(1, 1, *args.torch_shape)
-    seconds = {}
+    seconds: dict[str, float] = defaultdict(float)
+    done: dict[tuple[str, ...], torch.Tensor] = {}  # chain prefix -> one-hot argmax of its last stage
 
-    def one_hot(logits):
-        return F.one_hot(logits.argmax(1), logits.shape[1]).permute(0, 4, 1, 2, 3).float()
+    def network(role: str):
+        arch = bundle.networks[role].architecture
+        return UNet(UNetSpec(**{k: arch[k] for k in UNetSpec.__dataclass_fields__})).eval()
 
     with torch.inference_mode():
-        t = time.perf_counter()
-        tissue = one_hot(nets["s1"](x))
-        seconds["network s1"] = time.perf_counter() - t
-        t = time.perf_counter()
-        tissue = one_hot(nets["d"](tissue))
-        seconds["network d"] = time.perf_counter() - t
-        t = time.perf_counter()
-        nets["s2"](torch.cat([x, tissue], 1)).softmax(1)
-        seconds["network s2"] = time.perf_counter() - t
+        for method in resolve_methods(args.methods):
+            for i, stage in enumerate(method.chain):
+                prefix = method.chain[: i + 1]
+                if prefix in done:
+                    continue
+                role, takes_image, takes_labels = STAGES[stage]
+                net = network(role)
+                inputs = ([x] if takes_image else []) + ([done[prefix[:-1]]] if takes_labels else [])
+                batch = torch.cat(inputs, 1)
+                if stage == "synthseg":
+                    batch = torch.cat([batch, batch.flip(2)], 0)
+                t = time.perf_counter()
+                logits = net(batch)
+                seconds[f"network {stage}"] += time.perf_counter() - t
+                labels = logits[:1].argmax(1)
+                done[prefix] = F.one_hot(labels, logits.shape[1]).permute(0, 4, 1, 2, 3).float()
+                del net, logits
     print(json.dumps({"seconds": seconds, "peak_gb": {}, "network_shape": list(args.torch_shape)}))
+
+
+def gemm_worker(args: argparse.Namespace, n: int = 4096, repeats: int = 5) -> None:
+    """Print the machine's matrix-multiply rate (PyTorch, oneDNN/MKL, ``n`` x ``n``, best of
+    ``repeats``) in fp32 and bf16: the ceiling of what convolutions can reach on these threads."""
+    import torch
+
+    torch.set_num_threads(args.threads or os.cpu_count())
+    rates = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        torch.mm(a, b)
+        best = min(_timed(torch.mm, a, b) for _ in range(repeats))
+        rates[name] = 2 * n**3 / best / 1e9
+    print(json.dumps(rates))
+
+
+def _timed(fn, *args) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
 
 
 # -- the driver ------------------------------------------------------------------------------------
@@ -332,6 +364,7 @@ def main() -> None:
     ap.add_argument("--worker", choices=tuple(CONFIGS), help=argparse.SUPPRESS)
     ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--torch-shape", type=int, nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--gemm-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--scan-path", dest="scan_path", help=argparse.SUPPRESS)
     ap.add_argument("--save", type=Path, help=argparse.SUPPRESS)
     args, _ = ap.parse_known_args()
@@ -342,6 +375,9 @@ def main() -> None:
         return
     if args.torch_worker:
         torch_worker(args)
+        return
+    if args.gemm_worker:
+        gemm_worker(args)
         return
     args.config = args.config or list(CONFIGS)
     args.scan = args.scan or ["1mm_head", "6mm_axial"]
@@ -360,6 +396,10 @@ def main() -> None:
 
         print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
               f"{platform.platform()}")
+        if args.torch:
+            rates = _spawn(args, ["--gemm-worker"])
+            print("matrix multiply (PyTorch, 4096^2, best of 5): "
+                  + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items()))
         compare(args, tmp)
         if args.throughput:
             throughput(args, tmp)

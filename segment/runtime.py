@@ -18,6 +18,7 @@ in slabs on host arrays (morphometry.segment.slabs): the same results in 2.4 GB 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -138,7 +139,8 @@ class Engine:
         self.slabs = None
         if self.slab:
             self.slabs = SlabStages(self.backend, {s: self._architecture(STAGES[s][0]) for s in chain_stages},
-                                    SlabPlan(thickness=self.slab), self._flip_channels() if flip else None)
+                                    SlabPlan(thickness=self.slab, host_threads=config.threads or os.cpu_count() or 1),
+                                    self._flip_channels() if flip else None)
         else:
             for name in chain_stages:
                 self.backend.compile(name, self._stage_model(name))

@@ -25,7 +25,8 @@ from morphometry.segment.methods import METHODS
 from morphometry.segment.networks import UNetSpec, random_weights, unet_model
 from morphometry.segment.runtime import Engine, RuntimeConfig, choose_device, make_backend
 from morphometry.segment.segmenter import Segmenter
-from morphometry.segment.slabs import SlabPlan, SlabUNet, halo, row_slabs
+from morphometry.segment.slabs import SlabPlan, SlabUNet, halo, row_slabs, smooth_in_place
+from morphometry.segment.stages import gaussian_kernel_1d
 
 INSTALLED = [e for e in ("onnxruntime", "openvino") if importlib.util.find_spec(e)]
 TOL = 1e-5  # softmax outputs; the engines' rounding differs between shapes of the same graph
@@ -213,3 +214,22 @@ def test_streamed_postprocessing_gives_the_dense_results(tmp_path, monkeypatch):
         numbers = [k for k, v in ref.items() if isinstance(v, float)]
         assert len(numbers) > 30 and ref["total_intracranial"] > 0
         np.testing.assert_array_equal(row[numbers].to_numpy(float), ref[numbers].to_numpy(float))
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_host_smoothing_is_the_separable_gaussian_with_zero_padding(threads):
+    """synthseg's posterior smoothing on the host (channels spread over threads) against a float64
+    sum of shifted copies of the zero-padded volume, weighted by the 1-D kernel along each axis."""
+    rng = np.random.default_rng(0)
+    post = rng.random((5, 9, 7, 6)).astype(np.float32)
+    kernel = gaussian_kernel_1d(0.5)
+    r = len(kernel) // 2
+    expected = post.astype(np.float64)
+    for axis in (1, 2, 3):
+        pad = [(0, 0)] * 4
+        pad[axis] = (r, r)
+        padded = np.pad(expected, pad)
+        n = expected.shape[axis]
+        expected = sum(w * np.take(padded, range(i, i + n), axis=axis) for i, w in enumerate(kernel))
+    smooth_in_place(post, threads=threads)
+    np.testing.assert_allclose(post, expected, rtol=0, atol=1e-6)

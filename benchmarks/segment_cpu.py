@@ -210,8 +210,8 @@ def torch_worker(args: argparse.Namespace) -> None:
 
 
 def gemm_worker(args: argparse.Namespace, n: int = 4096, repeats: int = 5) -> None:
-    """Print the machine's matrix-multiply rate (PyTorch, oneDNN/MKL, ``n`` x ``n``, best of
-    ``repeats``) in fp32 and bf16: the ceiling of what convolutions can reach on these threads."""
+    """Print (as JSON) the machine's matrix-multiply rate in GFLOP/s (PyTorch, oneDNN/MKL, ``n`` x ``n``,
+    best of ``repeats``) in fp32 and bf16: about the most convolutions can reach on these threads."""
     import torch
 
     torch.set_num_threads(args.threads or os.cpu_count())

@@ -191,7 +191,8 @@ class SlabStages:
             groups = net.spec.in_channels - 1
             source = lambda lo, hi: np.concatenate([image[None, lo:hi], one_hot(previous[lo:hi], groups)])  # noqa: E731
         elif stage == "d_all":
-            source = lambda lo, hi: one_hot(previous[:, lo:hi].argmax(axis=0), net.spec.in_channels)  # noqa: E731
+            labels = previous.argmax(axis=0).astype(np.uint8)  # once, not per slab and halo (1.4 s against 2.6)
+            source = lambda lo, hi: one_hot(labels[lo:hi], net.spec.in_channels)  # noqa: E731
         else:
             source = _rows_of(image[None])
         net.run(source, size, posteriors)

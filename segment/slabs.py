@@ -142,6 +142,18 @@ def one_hot(labels: np.ndarray, n: int) -> np.ndarray:
     return (labels[None] == np.arange(n, dtype=labels.dtype).reshape(n, *([1] * labels.ndim))).astype(np.float32)
 
 
+def channel_argmax(posteriors: np.ndarray) -> np.ndarray:
+    """argmax over the channels of (C, X, Y, Z) as uint8 (C <= 256; ties to the first, as numpy's),
+    a channel at a time: numpy's own argmax over a leading axis copies the whole array first."""
+    best = posteriors[0].copy()
+    labels = np.zeros(best.shape, np.uint8)
+    for c in range(1, len(posteriors)):
+        higher = posteriors[c] > best
+        np.copyto(best, posteriors[c], where=higher)
+        labels[higher] = c
+    return labels
+
+
 def smooth_in_place(posteriors: np.ndarray, sigma: float = SMOOTHING_SIGMA, threads: int = 1) -> None:
     """The stage graphs' posterior smoothing (separable Gaussian, zero padding), channel by channel
     on ``threads`` threads (SciPy's filters release the GIL: 5.7 -> 3.0 s for 33 channels of a
@@ -191,7 +203,7 @@ class SlabStages:
             groups = net.spec.in_channels - 1
             source = lambda lo, hi: np.concatenate([image[None, lo:hi], one_hot(previous[lo:hi], groups)])  # noqa: E731
         elif stage == "d_all":
-            labels = previous.argmax(axis=0).astype(np.uint8)  # once, not per slab and halo (1.4 s against 2.6)
+            labels = channel_argmax(previous)  # once, not per slab and halo (1.3 s against 2.6)
             source = lambda lo, hi: one_hot(labels[lo:hi], net.spec.in_channels)  # noqa: E731
         else:
             source = _rows_of(image[None])

@@ -25,7 +25,7 @@ from morphometry.segment.methods import METHODS
 from morphometry.segment.networks import UNetSpec, random_weights, unet_model
 from morphometry.segment.runtime import Engine, RuntimeConfig, choose_device, make_backend
 from morphometry.segment.segmenter import Segmenter
-from morphometry.segment.slabs import SlabPlan, SlabUNet, halo, row_slabs, smooth_in_place
+from morphometry.segment.slabs import SlabPlan, SlabUNet, channel_argmax, halo, row_slabs, smooth_in_place
 from morphometry.segment.stages import gaussian_kernel_1d
 
 INSTALLED = [e for e in ("onnxruntime", "openvino") if importlib.util.find_spec(e)]
@@ -233,3 +233,14 @@ def test_host_smoothing_is_the_separable_gaussian_with_zero_padding(threads):
         expected = sum(w * np.take(padded, range(i, i + n), axis=axis) for i, w in enumerate(kernel))
     smooth_in_place(post, threads=threads)
     np.testing.assert_allclose(post, expected, rtol=0, atol=1e-6)
+
+
+def test_channel_argmax_is_numpys_argmax_with_ties_to_the_first():
+    rng = np.random.default_rng(1)
+    post = rng.random((33, 6, 5, 4)).astype(np.float32)
+    post[[4, 9, 20], 0] = 2.0  # a three-way tie on a whole row: channel 4 wins
+    post[:, 1, 0, 0] = 0.5  # all channels equal: channel 0
+    labels = channel_argmax(post)
+    assert labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels, np.argmax(post, axis=0))
+    assert (labels[0] == 4).all() and labels[1, 0, 0] == 0

@@ -164,7 +164,8 @@ def evaluate_pairs(pairing: Pairing, config: EvaluationConfig, jobs: int = 1,
 
     if cluster is not None:
         cluster_map(cluster, _evaluate_reference_group, items, take, name="evaluate",
-                    on_failure=lambda index, message: take(index, ([], [_failure(p, message) for p in items[index][1]])))
+                    on_failure=lambda index, message: take(
+                        index, ([], [_failure(p, message) for p in items[index][1]])))
     else:
         pool = ProcessPoolExecutor(max_workers=jobs) if jobs > 1 and len(items) > 1 else None
         try:

@@ -24,7 +24,8 @@ STAGES = ("simulate cohort", "segment", "evaluate against the truth", "fit agein
 
 def run_demo(which: str, folder: Path) -> dict:
     out = folder / which
-    command = [sys.executable, "-m", "morphometry.cli", "demo", "-o", str(out)] + (["--quick"] if which == "quick" else [])
+    command = [sys.executable, "-m", "morphometry.cli", "demo", "-o", str(out)]
+    command += ["--quick"] if which == "quick" else []
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return json.loads((out / "timings.json").read_text())
 

@@ -91,7 +91,8 @@ def bench_inference(bundle, cfg: BenchConfig, rng: np.random.Generator) -> list[
         created = time.perf_counter() - start
         rows.append((role, created, median_time(lambda s=sess, f=feed: s.run(["posteriors"], f), cfg.repeats)))
     nets = {role: onnx.load(str(bundle.path(role))) for role in ("s1", "d", "s2")}
-    chain = [session(stages.tissue_stage(nets["s1"]), cfg.threads), session(stages.denoise_stage(nets["d"]), cfg.threads),
+    chain = [session(stages.tissue_stage(nets["s1"]), cfg.threads),
+             session(stages.denoise_stage(nets["d"]), cfg.threads),
              session(stages.s2_stage(nets["s2"]), cfg.threads)]
 
     def run_chain():

@@ -97,7 +97,8 @@ def measure(kind: str, folder: Path) -> dict:
         volumes, failures = journal.tables(found)
     elif kind == "loose-finished":
         found = [json.loads(p.read_text()) for p in sorted((folder / journal.JOURNAL_DIR).glob("*/*.json"))]
-        done = {e["scan_id"] for e in found if e["status"] == "ok" and {"synthseg+"} <= {r["method"] for r in e["rows"]}}
+        done = {e["scan_id"] for e in found
+                if e["status"] == "ok" and {"synthseg+"} <= {r["method"] for r in e["rows"]}}
         volumes, failures = done, ()
     elif kind == "parts-merge":
         volumes, failures = journal.merged_tables([folder])

@@ -95,7 +95,8 @@ def main() -> None:
     for what, wall, cpu, r2 in rows:
         print(f"{what:<58} {wall:>7.2f} {cpu:>7.2f} {1 / wall:>10.2f} {r2:>11.2f}")
 
-    print(f"\n{'cohort (1 session per subject, 1 core)':<58} {'scans':>7} {'wall s':>7} {'CPU s':>10} {'scans/min':>11}")
+    title = "cohort (1 session per subject, 1 core)"
+    print(f"\n{title:<58} {'scans':>7} {'wall s':>7} {'CPU s':>10} {'scans/min':>11}")
     for factor in (1, 2):
         anatomy = default_anatomy().downsampled(factor)
         with tempfile.TemporaryDirectory() as tmp:

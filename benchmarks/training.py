@@ -116,7 +116,8 @@ def main() -> None:
     parser.add_argument("--levels", type=int, default=4)
     parser.add_argument("--bundle", type=Path, default=ROOT / "segment" / "models" / "starter")
     parser.add_argument("--s1-run", type=Path, default=None, help="a trained S1 run, to time D examples too")
-    parser.add_argument("--synthseg-run", type=Path, default=None, help="a trained SynthSeg run, to time D_all examples too")
+    parser.add_argument("--synthseg-run", type=Path, default=None,
+                        help="a trained SynthSeg run, to time D_all examples too")
     args = parser.parse_args()
     if not MAPS.is_dir():
         raise SystemExit(f"{MAPS} not found: the benchmark needs the shared training label maps")

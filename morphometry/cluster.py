@@ -231,7 +231,8 @@ def connect(spec: ClusterSpec, connect_timeout_s: float = 60.0) -> Iterator:
                 yield client
             return
         if spec.kind == "local":
-            cluster = distributed.LocalCluster(n_workers=spec.processes or 1, threads_per_worker=spec.threads_per_worker,
+            cluster = distributed.LocalCluster(n_workers=spec.processes or 1,
+                                               threads_per_worker=spec.threads_per_worker,
                                                processes=True, dashboard_address=None,
                                                local_directory=spec.local_directory)
         else:

@@ -17,7 +17,8 @@ from morphometry.dicom_series import DicomOptions, DicomSeries, SeriesFilter, Sk
 from morphometry.identity import load_key, pseudonym
 
 IDENTIFIER_COLUMNS = {"patient_name": "PatientName", "patient_id": "PatientID",
-                      "patient_birth_date": "PatientBirthDate", "accession_number": "AccessionNumber", "institution_name": "InstitutionName",
+                      "patient_birth_date": "PatientBirthDate", "accession_number": "AccessionNumber",
+                      "institution_name": "InstitutionName",
                       "study_instance_uid": "StudyInstanceUID", "series_instance_uid": "SeriesInstanceUID"}
 COVARIATE_COLUMNS = ("scan_id", "subject_id", "age", "sex")
 NOT_DICOM = "not a DICOM file"

@@ -31,7 +31,8 @@ def register(sub) -> None:
                         "with CSF, skull, soft tissue and skin)")
     p.add_argument("--downsample", type=int, default=1,
                    help="keep every N-th anatomy voxel for a quick, coarse cohort (default: 1 = full resolution)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical outputs (default: 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed; the same seed gives identical outputs (default: 0)")
     p.add_argument("--sites", type=int, default=1,
                    help="sites with planted measurement offsets; > 1 adds a site column to the manifest and "
                         "DIR/measured_volumes.parquet (default: 1)")

@@ -10,7 +10,9 @@ assembles them by compacting memory at the first touch (``defrag = madvise``, th
 a fresh array's first write can stall for a long time on a machine whose memory is fragmented
 (e.g. by the page cache): slab-wise networks allocate arrays of 50-100 MB for every slab, and
 these stalls took a fifth of their time at 1 mm (docs/benchmarks.md). :func:`ordinary_pages`
-turns the request off for a block of work.
+turns the request off for a block of work. The request stays with the memory: freed heap memory
+that numpy asked huge pages for before the block keeps that request when malloc hands it out again
+inside the block.
 """
 
 from __future__ import annotations
@@ -51,8 +53,8 @@ def _madvise_setter():
 
 @contextmanager
 def ordinary_pages() -> Iterator[None]:
-    """numpy's new arrays on ordinary pages (no transparent huge pages requested) inside the block;
-    the previous setting afterwards (module docstring)."""
+    """numpy requests no transparent huge pages for the arrays it makes inside the block; the
+    previous setting afterwards (module docstring: reused heap memory keeps an earlier request)."""
     setter = _madvise_setter()
     if setter is None:
         yield
